@@ -1,0 +1,1 @@
+"""moebench: a benchmark suite for Mixture-of-Experts routing algorithms."""

@@ -1,0 +1,131 @@
+"""Run configuration: dataclasses registered as Hydra structured configs.
+
+Hydra checks types and unknown keys while it composes; :func:`validate` then
+checks what types cannot say (ranges, choices, cross-field rules), so a bad
+value fails in the first second with a message naming key, value and the
+allowed values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from moebench.errors import ConfigError
+from moebench.moe.dispatch import DROP_POLICIES
+from moebench.moe.experts import ACTIVATIONS
+
+MOE_IMPLS = ("auto", "torch", "triton")
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("float32", "bfloat16")
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    d_model: int = 128
+    n_layers: int = 2
+    n_heads: int = 4
+    d_ff: int = 256  # width of one expert, and of the dense FFN layers
+    moe_every: int = 1  # every n-th layer's FFN is an MoE block (1: all)
+    activation: str = "gelu"
+    dropout: float = 0.0
+    block_size: int = 128  # context length of the sequence models
+
+
+@dataclass
+class MoEConfig:
+    num_experts: int = 8
+    capacity_factor: float = 1.25  # train; Switch Transformer's default
+    eval_capacity_factor: float = 2.0
+    dropless: bool = False
+    drop_policy: str = "position"  # position | score (batch-prioritized routing)
+    impl: str = "auto"  # auto | torch | triton
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 300
+    batch_tokens: int = 2048  # tokens per step; examples = batch_tokens // tokens per example
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1  # cosine decay to lr * min_lr_ratio
+    warmup_steps: int = 20
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    eval_every: int = 100
+    eval_batches: int = 8
+    log_every_s: float = 2.0
+    device: str = "auto"
+    dtype: str = "float32"  # autocast dtype on CUDA; the router stays float32
+    # A run that skips more than this share of steps (NaN/Inf loss or
+    # gradients) ends with status "diverged".
+    max_skipped_share: float = 0.1
+
+
+@dataclass
+class DataConfig:
+    # Where data sets live; tests and CI point it at ../shared/data.
+    root: Optional[str] = "${oc.env:MOEBENCH_DATA,null}"
+    cache_dir: Optional[str] = None  # tokenized arrays; default <root>/.moebench_cache
+
+
+@dataclass
+class RunConfig:
+    router: Any = MISSING  # a RouterConfig subclass, chosen by router=NAME
+    task: Any = MISSING  # a TaskConfig subclass, chosen by task=NAME
+    model: ModelConfig = MISSING
+    trainer: TrainerConfig = MISSING
+    moe: MoEConfig = field(default_factory=MoEConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    seed: int = 0
+    results_dir: str = "results/runs"
+
+
+def register_schemas() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="run_schema", node=RunConfig)
+    cs.store(group="schema/model", name="model", node=ModelConfig)
+    cs.store(group="schema/trainer", name="trainer", node=TrainerConfig)
+
+
+def _check(ok: bool, key: str, value: object, allowed: object) -> None:
+    if not ok:
+        raise ConfigError(key, value, allowed)
+
+
+def validate(cfg: RunConfig) -> None:
+    """Semantic checks that types alone cannot express."""
+    from moebench.routers import ROUTERS
+    from moebench.tasks import TASKS
+
+    ROUTERS.get(cfg.router.name)
+    TASKS.get(cfg.task.name)
+    m, moe, t = cfg.model, cfg.moe, cfg.trainer
+    E = moe.num_experts
+    _check(E >= 1, "moe.num_experts", E, "an integer >= 1")
+    _check(1 <= cfg.router.k <= E, "router.k", cfg.router.k, f"1..{E} (moe.num_experts)")
+    for key, value in [("moe.capacity_factor", moe.capacity_factor),
+                       ("moe.eval_capacity_factor", moe.eval_capacity_factor)]:
+        _check(value > 0, key, value, "a number > 0")
+    _check(moe.drop_policy in DROP_POLICIES, "moe.drop_policy", moe.drop_policy, DROP_POLICIES)
+    _check(moe.impl in MOE_IMPLS, "moe.impl", moe.impl, MOE_IMPLS)
+    _check(m.activation in ACTIVATIONS, "model.activation", m.activation, ACTIVATIONS)
+    for key, value in [("model.d_model", m.d_model), ("model.n_layers", m.n_layers),
+                       ("model.n_heads", m.n_heads), ("model.d_ff", m.d_ff),
+                       ("model.moe_every", m.moe_every), ("model.block_size", m.block_size),
+                       ("trainer.batch_tokens", t.batch_tokens), ("trainer.eval_every", t.eval_every),
+                       ("trainer.eval_batches", t.eval_batches)]:
+        _check(value >= 1, key, value, "an integer >= 1")
+    _check(m.d_model % m.n_heads == 0, "model.n_heads", m.n_heads,
+           f"a divisor of model.d_model={m.d_model}")
+    _check(0 <= m.dropout < 1, "model.dropout", m.dropout, "0 <= dropout < 1")
+    _check(t.max_steps >= 0, "trainer.max_steps", t.max_steps, "an integer >= 0")
+    _check(t.warmup_steps >= 0, "trainer.warmup_steps", t.warmup_steps, "an integer >= 0")
+    _check(t.lr > 0, "trainer.lr", t.lr, "a number > 0")
+    _check(0 <= t.min_lr_ratio <= 1, "trainer.min_lr_ratio", t.min_lr_ratio, "0..1")
+    _check(t.device in DEVICES, "trainer.device", t.device, DEVICES)
+    _check(t.dtype in DTYPES, "trainer.dtype", t.dtype, DTYPES)
+    _check(0 <= t.max_skipped_share <= 1, "trainer.max_skipped_share", t.max_skipped_share, "0..1")

@@ -1,0 +1,61 @@
+"""Evaluation on fixed held-out batches: quality, routing metrics and cost.
+
+Every evaluation draws its batches from the same seed (``EVAL_SEED``), so all
+routers and all seeds are scored on exactly the same tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from moebench.config import RunConfig
+from moebench.metrics.flops import cost_metrics
+from moebench.metrics.routing import RoutingAccumulator
+from moebench.routers.base import RouterContext
+from moebench.tasks import Batch, Task
+
+EVAL_SEED = 1234
+
+
+def batch_context(batch: Batch, step: int) -> RouterContext:
+    inputs = batch.inputs
+    is_sequence = inputs.dim() == 2 and not inputs.is_floating_point()
+    return RouterContext(
+        step=step,
+        token_ids_T=None if batch.token_ids is None else batch.token_ids.reshape(-1),
+        cluster_ids_T=None if batch.cluster_ids is None else batch.cluster_ids.reshape(-1),
+        batch_shape=tuple(inputs.shape) if is_sequence else None,
+    )
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, task: Task, split: str, cfg: RunConfig, batch_size: int) -> dict:
+    """Mean loss (nats per counted token), accuracy, the task's quality,
+    routing metrics and forward cost over ``cfg.trainer.eval_batches`` batches."""
+    model.eval()
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(EVAL_SEED)
+    routing = RoutingAccumulator(keep_tokens=True)
+    loss_sum, correct, counted = 0.0, 0.0, 0.0
+    costs: dict[str, float] = {}
+    for _ in range(cfg.trainer.eval_batches):
+        batch = task.get_batch(split, batch_size, generator).to(device)
+        out = model(batch.inputs, batch_context(batch, step=-1))
+        losses_T = task.token_losses(out.logits, batch)
+        mask_T = (torch.ones_like(losses_T) if batch.loss_mask is None
+                  else batch.loss_mask.reshape(-1).to(losses_T.dtype))
+        hits_T = (out.logits.reshape(losses_T.numel(), -1).argmax(-1) == batch.targets.reshape(-1))
+        loss_sum += float(losses_T.sum())
+        correct += float((hits_T * mask_T).sum())
+        counted += float(mask_T.sum())
+        routing.add(out.moe_stats, batch.token_ids, batch.cluster_ids)
+        batch_cost = cost_metrics(model, out.layer_stats, context=task.tokens_per_example)
+        for key in ("flops_per_token", "active_params", "total_params"):
+            costs[key] = costs.get(key, 0.0) + batch_cost[key] / cfg.trainer.eval_batches
+        breakdown = costs.setdefault("flops_breakdown", {})
+        for key, value in batch_cost["flops_breakdown"].items():
+            breakdown[key] = breakdown.get(key, 0.0) + value / cfg.trainer.eval_batches
+    loss, accuracy = loss_sum / counted, correct / counted
+    return {"loss": loss, "accuracy": accuracy, "quality": task.quality(loss, accuracy),
+            **routing.summary(), **costs}

@@ -1,0 +1,1 @@
+"""Metrics, defined once (DESIGN.md, "Metrics, defined once")."""

@@ -1,0 +1,131 @@
+"""The MoE block: Router -> Dispatch -> Experts -> Combine.
+
+Statistics travel back with the output (:class:`LayerStats`), never through
+module attributes, so nothing has to be reset between steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from moebench.metrics.flops import ffn_flops, linear_flops, param_count
+from moebench.moe.dispatch import DispatchPlan, capacity, plan_dispatch
+from moebench.moe.experts import Experts
+from moebench.routers.base import Router, RouterContext, RouterOutput, SoftRouting
+
+
+@dataclass
+class LayerStats:
+    """What one MoE layer did in one forward pass (all tensors detached)."""
+
+    routed_E: Tensor  # assignments (or soft mass) per expert before capacity
+    kept_E: Tensor  # after capacity
+    expert_rows: int  # rows the experts processed: kept assignments, or slots
+    soft: bool  # Soft MoE: every token is mixed into every slot
+    dropped: int  # assignments dropped by capacity
+    experts_per_token_T: Tensor  # kept assignments per token (0: reached no expert)
+    top_expert_T: Tensor  # each token's highest-weight kept expert; -1 if none
+    logits_TE: Tensor | None = None
+    aux_losses: dict[str, Tensor] = field(default_factory=dict)  # not detached
+    on_token_loss: Callable[[Tensor], dict[str, Tensor]] | None = None
+
+    @property
+    def routed(self) -> int:
+        return int(self.routed_E.sum())
+
+
+class MoEBlock(nn.Module):
+    def __init__(
+        self,
+        router: Router,
+        experts: Experts,
+        k: int,
+        capacity_factor: float,
+        eval_capacity_factor: float,
+        dropless: bool,
+        drop_policy: str,
+    ) -> None:
+        super().__init__()
+        self.router, self.experts, self.k = router, experts, k
+        self.capacity_factor, self.eval_capacity_factor = capacity_factor, eval_capacity_factor
+        self.dropless, self.drop_policy = dropless, drop_policy
+
+    def flops_per_token(self, stats: LayerStats | None) -> dict[str, float]:
+        """Router, experts as executed (measured rows), and Soft MoE's mixing."""
+        assert stats is not None
+        T, (E, D, _) = stats.experts_per_token_T.numel(), self.experts.w_in_EDH.shape
+        d_ff = self.experts.w_out_EFD.shape[1]
+        flops = dict(self.router.flops_per_token())
+        flops["experts"] = stats.expert_rows / T * ffn_flops(D, d_ff, self.experts.activation)
+        if stats.soft:  # X~ = D^T X and Y = C Y~, each T x (E*S) x D
+            flops["soft_mixing"] = 2 * linear_flops(stats.expert_rows, D)
+        return flops
+
+    def active_params(self, stats: LayerStats | None) -> float:
+        """Router parameters plus the experts a token uses, on average."""
+        assert stats is not None
+        per_expert = param_count(self.experts) / self.experts.num_experts
+        mean_experts = float(stats.experts_per_token_T.float().mean())
+        return param_count(self.router) + mean_experts * per_expert
+
+    def forward(self, x: Tensor, ctx: RouterContext) -> tuple[Tensor, LayerStats]:
+        x_TD = x.reshape(-1, x.shape[-1])
+        out = self.router(x_TD, ctx)
+        if isinstance(out.routing, SoftRouting):
+            y_TD, stats = self._soft(x_TD, out.routing)
+        else:
+            y_TD, stats = self._sparse(x_TD, out)
+        stats.logits_TE = None if out.logits_TE is None else out.logits_TE.detach()
+        stats.aux_losses, stats.on_token_loss = out.aux_losses, out.on_token_loss
+        return y_TD.reshape(x.shape), stats
+
+    def _sparse(self, x_TD: Tensor, out: RouterOutput) -> tuple[Tensor, LayerStats]:
+        T, E = x_TD.shape[0], self.experts.num_experts
+        cf = self.capacity_factor if self.training else self.eval_capacity_factor
+        cap = None if self.dropless else capacity(T, E, self.k, cf)
+        plan = plan_dispatch(out.routing, T, E, cap, self.drop_policy)
+        y_TD = self.experts(x_TD, plan.token_idx_R, plan.counts_E, plan.weight_R)
+        return y_TD, LayerStats(
+            routed_E=plan.routed_E,
+            kept_E=plan.counts_E,
+            expert_rows=plan.token_idx_R.numel(),
+            soft=False,
+            dropped=plan.dropped,
+            experts_per_token_T=plan.experts_per_token_T,
+            top_expert_T=_top_expert(plan, T),
+        )
+
+    def _soft(self, x_TD: Tensor, routing: SoftRouting) -> tuple[Tensor, LayerStats]:
+        # Soft MoE (Puigcerver et al. 2023, eqs. 1-3): slots X~ = D^T X go
+        # through the same expert FFNs, grouped S per expert; Y = C Y~.
+        E, S = self.experts.num_experts, routing.slots_per_expert
+        slots_ND = routing.dispatch_TN.t().to(x_TD.dtype) @ x_TD
+        rows_N = torch.arange(E * S, device=x_TD.device)
+        counts_E = torch.full((E,), S, device=x_TD.device, dtype=torch.long)
+        y_slots_ND = self.experts(slots_ND, rows_N, counts_E, torch.ones_like(rows_N, dtype=x_TD.dtype))
+        y_TD = routing.combine_TN.to(x_TD.dtype) @ y_slots_ND
+        mass_E = routing.combine_TN.detach().reshape(-1, E, S).sum(-1)  # [T, E]
+        T = x_TD.shape[0]
+        return y_TD, LayerStats(
+            routed_E=mass_E.sum(0),
+            kept_E=mass_E.sum(0),
+            expert_rows=E * S,
+            soft=True,
+            dropped=0,
+            experts_per_token_T=torch.full((T,), E, device=x_TD.device),
+            top_expert_T=mass_E.argmax(-1),
+        )
+
+
+def _top_expert(plan: DispatchPlan, num_tokens: int) -> Tensor:
+    weight_R = plan.weight_R.detach().float()
+    best_T = torch.full((num_tokens,), float("-inf"), device=weight_R.device)
+    best_T = best_T.scatter_reduce(0, plan.token_idx_R, weight_R, reduce="amax")
+    is_best = weight_R == best_T[plan.token_idx_R]
+    top_T = torch.full((num_tokens,), -1, dtype=torch.long, device=weight_R.device)
+    top_T[plan.token_idx_R[is_best]] = plan.expert_idx_R[is_best]
+    return top_T

@@ -1,0 +1,97 @@
+"""Expert FFNs with batched weights, and the grouped forward that runs them.
+
+Weights are stored batched, ``w_in_EDH`` and ``w_out_EFD`` (H = F, or 2F for
+SwiGLU whose gate and up projections are concatenated), so one grouped
+computation serves every expert. :func:`expert_ffn` is the single seam
+between "who routes" and "what the experts compute": rows sorted by expert
+go in, a weighted sum per token comes out. The PyTorch version here is the
+reference (CPU, and the oracle the Triton kernels are tested against).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+ACTIVATIONS = ("gelu", "swiglu")
+
+
+def activate(h: Tensor, activation: str) -> Tensor:
+    """GELU (Hendrycks & Gimpel 2016), or SwiGLU (Shazeer 2020, eq. 6) on [gate | up]."""
+    if activation == "gelu":
+        return F.gelu(h)
+    gate, up = h.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+def expert_ffn_torch(
+    x_TD: Tensor,
+    w_in_EDH: Tensor,
+    w_out_EFD: Tensor,
+    token_idx_R: Tensor,
+    counts_E: Tensor,
+    weight_R: Tensor,
+    activation: str,
+) -> Tensor:
+    """Reference grouped expert forward.
+
+    Rows ``r`` are sorted by expert; the first ``counts_E[0]`` belong to
+    expert 0, and so on. Returns ``y_TD`` with
+    ``y[t] = sum_{r: token_idx_R[r] = t} weight_R[r] * FFN_{e(r)}(x[t])``;
+    tokens with no row get zeros.
+    """
+    rows_RD = x_TD[token_idx_R]
+    out_RD = torch.empty_like(rows_RD)
+    start = 0
+    for e, n in enumerate(counts_E.tolist()):
+        if n:
+            h = activate(rows_RD[start : start + n] @ w_in_EDH[e], activation)
+            out_RD[start : start + n] = h @ w_out_EFD[e]
+        start += n
+    y_TD = torch.zeros_like(x_TD)
+    return y_TD.index_add(0, token_idx_R, out_RD * weight_R.to(out_RD.dtype)[:, None])
+
+
+class Experts(nn.Module):
+    """E expert FFNs of width F, applied to rows grouped by expert."""
+
+    def __init__(
+        self, num_experts: int, d_model: int, d_ff: int, activation: str, impl: str = "auto"
+    ) -> None:
+        super().__init__()
+        hidden = 2 * d_ff if activation == "swiglu" else d_ff
+        self.activation = activation
+        self.impl = impl  # moe.impl: auto | torch | triton
+        self.w_in_EDH = nn.Parameter(torch.empty(num_experts, d_model, hidden))
+        self.w_out_EFD = nn.Parameter(torch.empty(num_experts, d_ff, d_model))
+        # The same init as nn.Linear's default fan-in scaling, per expert.
+        nn.init.uniform_(self.w_in_EDH, -1 / math.sqrt(d_model), 1 / math.sqrt(d_model))
+        nn.init.uniform_(self.w_out_EFD, -1 / math.sqrt(d_ff), 1 / math.sqrt(d_ff))
+
+    @property
+    def num_experts(self) -> int:
+        return self.w_in_EDH.shape[0]
+
+    def forward(
+        self, x_TD: Tensor, token_idx_R: Tensor, counts_E: Tensor, weight_R: Tensor
+    ) -> Tensor:
+        return expert_ffn_torch(
+            x_TD, self.w_in_EDH, self.w_out_EFD, token_idx_R, counts_E, weight_R, self.activation
+        )
+
+
+class FeedForward(nn.Module):
+    """A plain FFN: the dense baseline and the non-MoE layers."""
+
+    def __init__(self, d_model: int, d_ff: int, activation: str) -> None:
+        super().__init__()
+        hidden = 2 * d_ff if activation == "swiglu" else d_ff
+        self.activation = activation
+        self.w_in = nn.Linear(d_model, hidden, bias=False)
+        self.w_out = nn.Linear(d_ff, d_model, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.w_out(activate(self.w_in(x), self.activation))

@@ -1,0 +1,72 @@
+"""Run records: one self-describing JSON file per run, written atomically.
+
+The fields are documented in the README ("Results schema"). A record is
+written to a temporary file and then hard-linked to its final name, which
+fails rather than overwrite an existing record.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+SCHEMA_VERSION = 1
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def environment(device: str) -> dict:
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "git_sha": _git("rev-parse", "HEAD"),
+        "git_dirty": None if dirty is None else bool(dirty),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
+        "device_type": device,
+        "cpu_threads": torch.get_num_threads(),
+    }
+
+
+def new_run_id(router: str, task: str, seed: int) -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    return f"{task}-{router}-s{seed}-{stamp}-{uuid.uuid4().hex[:6]}"
+
+
+def write_record(record: dict, results_dir: str | Path) -> Path:
+    """Write ``record`` as ``<results_dir>/<run_id>.json``; never overwrite."""
+    directory = Path(results_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / f"{record['run_id']}.json"
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f, indent=1, sort_keys=True, allow_nan=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, final)  # raises FileExistsError instead of overwriting
+    finally:
+        os.unlink(tmp)
+    return final

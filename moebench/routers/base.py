@@ -1,0 +1,207 @@
+"""The router contract: what every router receives and what it returns.
+
+Shape suffixes used throughout moebench (see DESIGN.md):
+    T tokens of one layer      D model width        E experts
+    K experts per token        C capacity           A assignments
+    S slots (Soft MoE)         F expert hidden width
+
+A router maps ``x_TD`` (plus a small :class:`RouterContext`) to a
+:class:`RouterOutput` whose ``routing`` is either
+
+* :class:`SparseRouting` -- a flat list of ``(token, expert, weight)``
+  assignments. A flat list rather than a ``[T, K]`` array because
+  expert-choice and dropless routing give a variable number of experts per
+  token; one dispatcher then serves every sparse router.
+* :class:`SoftRouting` -- dispatch and combine weights over ``E * S`` slots
+  (Soft MoE), each slot a weighted mixture of tokens.
+
+The routing *rule* of each router is a pure function of logits so it can be
+tested on hand-written inputs; the :class:`Router` module around it only holds
+parameters and adds the stability losses that every logit-based router shares.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from omegaconf import MISSING
+from torch import Tensor, nn
+
+
+@dataclass
+class RouterConfig:
+    """Options every router understands; each router subclasses this."""
+
+    name: str = MISSING
+    k: int = 1  # experts per token (token-choice routers); sets the capacity formula
+    z_loss_coef: float = 0.0  # ST-MoE router z-loss (Zoph et al. 2022, eq. 5)
+    # Adds coef * mean routing entropy: > 0 sharpens routing, < 0 spreads it.
+    entropy_coef: float = 0.0
+    # Causality (see moebench/moe/block.py): whether a router that decides a
+    # token's expert from other tokens may run on a causal task at all.
+    allow_leaky: bool = False
+
+
+@dataclass
+class RouterContext:
+    """What a router may know beyond the hidden states of its layer.
+
+    ``token_ids_T`` are the *input* token ids (hash routing), ``cluster_ids_T``
+    the latent cluster of each token when the task knows it (synthetic task,
+    oracle routing). ``batch_shape`` is ``(B, L)`` when the T tokens come from
+    B sequences of length L, so a block can form routing groups.
+    """
+
+    step: int = 0
+    token_ids_T: Tensor | None = None
+    cluster_ids_T: Tensor | None = None
+    batch_shape: tuple[int, int] | None = None
+
+
+@dataclass
+class SparseRouting:
+    """A flat list of A assignments of tokens to experts.
+
+    ``choice_A`` is the rank of the assignment among its token's choices (0
+    for the first expert, 1 for the second, ...); ``score_A`` is the router's
+    confidence. Under capacity, the dispatcher keeps first choices before
+    second ones, and within a rank orders by position or by score
+    (batch-prioritized routing), as configured.
+    """
+
+    token_idx_A: Tensor  # int64
+    expert_idx_A: Tensor  # int64
+    weight_A: Tensor  # combine weight, differentiable
+    choice_A: Tensor  # int64
+    score_A: Tensor  # detached priority score
+    # True when the router's assignment already fits the capacity it chose
+    # (expert-choice, BASE): the dispatcher then drops nothing.
+    respects_capacity: bool = False
+
+
+@dataclass
+class SoftRouting:
+    """Soft MoE (Puigcerver et al. 2023): dense dispatch/combine over slots.
+
+    ``dispatch_TN`` is normalized over tokens (each slot is a convex mix of
+    tokens); ``combine_TN`` over slots. N = E * S, grouped by expert.
+    """
+
+    dispatch_TN: Tensor
+    combine_TN: Tensor
+    slots_per_expert: int
+
+
+@dataclass
+class RouterOutput:
+    routing: SparseRouting | SoftRouting
+    logits_TE: Tensor | None  # float32; for metrics and the stability losses
+    aux_losses: dict[str, Tensor] = field(default_factory=dict)
+    # For routers trained from the model's loss (REINFORCE): given the
+    # detached per-token loss of this step, in the same token order as x_TD,
+    # returns further auxiliary losses. The training loop calls it after the
+    # forward pass; no global state is involved.
+    on_token_loss: Callable[[Tensor], dict[str, Tensor]] | None = None
+
+
+class Router(nn.Module):
+    """Base module: a linear gate in float32 and the shared stability losses.
+
+    Subclasses implement :meth:`route`. The gate is computed in float32
+    whatever the model's dtype, as Switch Transformer recommends for stability
+    ("selective precision", Fedus et al. 2021, section 2.4).
+    """
+
+    # Whether the rule lets a token's routing depend on other tokens of the
+    # same group (expert-choice, Soft MoE, BASE): then a causal model leaks.
+    uses_other_tokens: bool = False
+
+    def __init__(self, cfg: RouterConfig, d_model: int, num_experts: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.num_experts = num_experts
+        self.gate = nn.Linear(d_model, num_experts, bias=False)
+        # Small init keeps early routing near uniform (Switch, section 2.4).
+        nn.init.normal_(self.gate.weight, std=0.02)
+
+    @classmethod
+    def build_layer(cls, router_cfg: RouterConfig, model_cfg, moe_cfg) -> nn.Module:
+        """The FFN layer this router drives: by default a standard MoE block.
+
+        Routers whose layer is not "E expert FFNs" (the dense baseline, PEER)
+        override this; the model and the training loop do not change.
+        """
+        from moebench.moe.block import MoEBlock
+        from moebench.moe.experts import Experts
+
+        E = moe_cfg.num_experts
+        return MoEBlock(
+            router=cls(router_cfg, model_cfg.d_model, E),
+            experts=Experts(E, model_cfg.d_model, model_cfg.d_ff, model_cfg.activation, moe_cfg.impl),
+            k=router_cfg.k,
+            capacity_factor=moe_cfg.capacity_factor,
+            eval_capacity_factor=moe_cfg.eval_capacity_factor,
+            dropless=moe_cfg.dropless,
+            drop_policy=moe_cfg.drop_policy,
+        )
+
+    def flops_per_token(self) -> dict[str, float]:
+        """Forward FLOPs of the routing decision per token: the gate's matmul."""
+        d_model = self.gate.in_features
+        return {"router": 2.0 * d_model * self.num_experts}
+
+    def gate_logits(self, x_TD: Tensor) -> Tensor:
+        return nn.functional.linear(x_TD.float(), self.gate.weight.float())
+
+    def forward(self, x_TD: Tensor, ctx: RouterContext) -> RouterOutput:
+        out = self.route(x_TD, ctx)
+        if out.logits_TE is not None:
+            out.aux_losses.update(stability_losses(out.logits_TE, self.cfg))
+        return out
+
+    def route(self, x_TD: Tensor, ctx: RouterContext) -> RouterOutput:
+        raise NotImplementedError
+
+
+def z_loss(logits_TE: Tensor) -> Tensor:
+    """Router z-loss, ST-MoE (Zoph et al. 2022) eq. 5: mean_t logsumexp(x_t)^2."""
+    return torch.logsumexp(logits_TE, dim=-1).square().mean()
+
+
+def routing_entropy(logits_TE: Tensor) -> Tensor:
+    """Mean over tokens of the entropy of the routing distribution (nats)."""
+    logp = torch.log_softmax(logits_TE, dim=-1)
+    return -(logp.exp() * logp).sum(-1).mean()
+
+
+def stability_losses(logits_TE: Tensor, cfg: RouterConfig) -> dict[str, Tensor]:
+    losses: dict[str, Tensor] = {}
+    if cfg.z_loss_coef > 0:
+        losses["z_loss"] = cfg.z_loss_coef * z_loss(logits_TE)
+    if cfg.entropy_coef != 0:
+        losses["entropy"] = cfg.entropy_coef * routing_entropy(logits_TE)
+    return losses
+
+
+def sparse_from_topk(
+    probs_TE: Tensor, weights_TK: Tensor, experts_TK: Tensor
+) -> SparseRouting:
+    """Flatten a ``[T, K]`` top-k choice into the assignment list.
+
+    Assignments are listed choice-major (all first choices, then all second
+    choices) so ``choice_A`` is simply the column index.
+    """
+    T, K = experts_TK.shape
+    token_idx_A = torch.arange(T, device=probs_TE.device).repeat(K)
+    expert_idx_A = experts_TK.t().reshape(-1)
+    choice_A = torch.arange(K, device=probs_TE.device).repeat_interleave(T)
+    score_A = probs_TE.detach().gather(1, experts_TK).t().reshape(-1)
+    return SparseRouting(
+        token_idx_A=token_idx_A,
+        expert_idx_A=expert_idx_A,
+        weight_A=weights_TK.t().reshape(-1),
+        choice_A=choice_A,
+        score_A=score_A,
+    )

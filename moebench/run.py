@@ -1,0 +1,68 @@
+"""One run: validate the config, train, evaluate, write the record, print a summary."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from moebench.config import RunConfig, validate
+from moebench.record import SCHEMA_VERSION, environment, new_run_id, write_record
+from moebench.routers.oracle import OracleConfig
+from moebench.tasks import TASKS
+from moebench.train import resolve_device, train
+
+log = logging.getLogger(__name__)
+
+SUMMARY_KEYS = ("val_loss", "drop_rate", "no_expert_rate", "load_cv", "load_max_over_mean",
+                "load_entropy", "dead_experts", "nmi_cluster", "nmi_token", "flops_per_token",
+                "active_params", "total_params", "train_tokens_per_s", "train_time_s")
+
+
+def run(cfg: RunConfig, resolved: dict) -> Path:
+    """Train and evaluate ``cfg``; return the path of its run record."""
+    validate(cfg)
+    task = TASKS.get(cfg.task.name).cls(cfg.task, cfg.data, cfg.seed)
+    result = train(cfg, task)
+    metrics = {"quality_metric": task.quality_metric, "higher_is_better": task.higher_is_better,
+               **result.metrics}
+    if getattr(cfg.task, "oracle_baseline", False) and result.status == "completed":
+        log.info("training the same model with the oracle router (routes by true cluster)")
+        oracle = train(cfg, task, router_cfg=OracleConfig(k=1))
+        metrics["oracle_quality"] = oracle.metrics["quality"]
+    record = {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": new_run_id(cfg.router.name, cfg.task.name, cfg.seed),
+        "status": result.status,
+        "router": cfg.router.name,
+        "task": cfg.task.name,
+        "seed": cfg.seed,
+        "config": resolved,
+        "env": environment(resolve_device(cfg.trainer.device).type),
+        "metrics": metrics,
+        "curves": result.curves,
+    }
+    path = write_record(record, cfg.results_dir)
+    print(summary_table(record))
+    print(f"run record: {path}")
+    return path
+
+
+def summary_table(record: dict) -> str:
+    m = record["metrics"]
+    rows = [("status", record["status"]), (f"quality ({m['quality_metric']})", m["quality"])]
+    if "oracle_quality" in m:
+        rows.append(("oracle router quality", m["oracle_quality"]))
+    rows += [(key, m[key]) for key in SUMMARY_KEYS if key in m]
+    width = max(len(name) for name, _ in rows)
+    lines = [f"{record['task']} / {record['router']} / seed {record['seed']}", "-" * (width + 16)]
+    for name, value in rows:
+        text = f"{value:.4g}" if isinstance(value, float) else str(value)
+        lines.append(f"{name:<{width}}  {text:>12}")
+    return "\n".join(lines)
+
+
+def to_run_config(cfg) -> tuple[RunConfig, dict]:
+    """The typed config object and its resolved plain-dict form."""
+    return OmegaConf.to_object(cfg), OmegaConf.to_container(cfg, resolve=True)

@@ -1,0 +1,80 @@
+"""The task contract: data batches, a model for them, a loss and a headline metric.
+
+A task owns its data and decides which model family fits it (a causal
+transformer for language modelling, a per-token MLP for the synthetic task);
+the FFN layers of that model come from the factory it is given, so every
+router plugs into every task the same way.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+from omegaconf import MISSING
+from torch import Tensor, nn
+
+from moebench.config import DataConfig, ModelConfig
+from moebench.models.ffn import FFNFactory
+
+
+@dataclass
+class TaskConfig:
+    name: str = MISSING
+
+
+@dataclass
+class Batch:
+    """One batch. ``inputs`` is ``[B, L]`` token ids (sequence tasks) or
+    ``[B, d_in]`` features (synthetic); ``targets`` matches the model output
+    positions. ``loss_mask`` marks the positions that count (masked LM)."""
+
+    inputs: Tensor
+    targets: Tensor
+    token_ids: Tensor | None = None  # what hash routing sees; [B, L] or [B]
+    cluster_ids: Tensor | None = None  # known latent clusters (synthetic)
+    loss_mask: Tensor | None = None
+
+    def to(self, device: torch.device) -> "Batch":
+        return Batch(*(None if t is None else t.to(device) for t in
+                       (self.inputs, self.targets, self.token_ids, self.cluster_ids, self.loss_mask)))
+
+
+class Task(ABC):
+    #: Name of the headline metric in the run record, e.g. "bpc", "perplexity".
+    quality_metric: str
+    higher_is_better: bool = False
+    #: True when the model must not see later positions (causal LM).
+    causal: bool = False
+    #: The splits evaluated at the end of a run; the first is used during training.
+    eval_splits: tuple[str, ...] = ("val",)
+
+    def __init__(self, cfg: TaskConfig, data: DataConfig, seed: int) -> None:
+        self.cfg, self.data, self.seed = cfg, data, seed
+
+    @abstractmethod
+    def build_model(self, model_cfg: ModelConfig, ffn: FFNFactory) -> nn.Module:
+        """The model for this task; its FFN layers come from ``ffn``."""
+
+    @abstractmethod
+    def get_batch(self, split: str, batch_size: int, generator: torch.Generator) -> Batch:
+        """A batch drawn with ``generator`` (so runs repeat per seed)."""
+
+    @property
+    @abstractmethod
+    def tokens_per_example(self) -> int:
+        """Tokens one example contributes to a layer (sequence length, or 1)."""
+
+    def token_losses(self, logits: Tensor, batch: Batch) -> Tensor:
+        """Per-token cross-entropy, flattened in the layers' token order."""
+        losses = nn.functional.cross_entropy(
+            logits.flatten(0, -2).float(), batch.targets.flatten(), reduction="none"
+        )
+        if batch.loss_mask is not None:
+            losses = losses * batch.loss_mask.flatten()
+        return losses
+
+    @abstractmethod
+    def quality(self, val_loss: float, val_accuracy: float) -> float:
+        """The headline metric from the mean loss (nats/token) and accuracy."""

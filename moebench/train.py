@@ -1,0 +1,167 @@
+"""The training loop: plain and readable top to bottom.
+
+One function, :func:`train`, builds the model for a task, trains it for the
+configured steps, evaluates along the way and at the end, and returns what a
+run record needs. Ctrl-C ends it early with status "interrupted" and keeps
+everything measured so far.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from moebench.config import RunConfig, TrainerConfig
+from moebench.evaluate import batch_context, evaluate
+from moebench.metrics.routing import RoutingAccumulator
+from moebench.models.ffn import FFNFactory
+from moebench.tasks import Task
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    status: str  # completed | diverged | interrupted
+    metrics: dict
+    curves: list[dict] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def make_optimizer(model: nn.Module, cfg: TrainerConfig) -> torch.optim.Optimizer:
+    # Weight decay on matrices only, not on norms, biases or gains (as nanoGPT).
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
+
+
+def learning_rate(step: int, cfg: TrainerConfig) -> float:
+    """Linear warmup, then cosine decay to ``lr * min_lr_ratio``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
+
+
+def step_loss(model: nn.Module, task: Task, batch, step: int) -> tuple[Tensor, Tensor, dict, list]:
+    """Forward one batch: (total loss, task loss, aux losses by name, MoE stats)."""
+    out = model(batch.inputs, batch_context(batch, step))
+    token_losses_T = task.token_losses(out.logits, batch)
+    counted = batch.loss_mask.sum() if batch.loss_mask is not None else token_losses_T.numel()
+    task_loss = token_losses_T.sum() / counted
+    aux: dict[str, Tensor] = {}
+    for layer, stats in enumerate(out.moe_stats):
+        named = dict(stats.aux_losses)
+        if stats.on_token_loss is not None:  # e.g. REINFORCE: reward = -token loss
+            named.update(stats.on_token_loss(token_losses_T.detach()))
+        for name, value in named.items():
+            aux[f"{name}/{layer}"] = value
+    total = task_loss + sum(aux.values(), torch.zeros((), device=task_loss.device))
+    return total, task_loss, aux, out.moe_stats
+
+
+def curve_point(step: int, train_loss: float | None, evaluation: dict) -> dict:
+    keys = ("loss", "quality", "drop_rate", "load_cv", "routing_entropy")
+    point = {"step": step, "train_loss": train_loss}
+    point.update({("val_loss" if k == "loss" else k): evaluation[k] for k in keys if k in evaluation})
+    return point
+
+
+def grads_finite(model: nn.Module) -> bool:
+    norms = [p.grad.norm() for p in model.parameters() if p.grad is not None]
+    return bool(torch.isfinite(torch.stack(norms)).all()) if norms else True
+
+
+def train(cfg: RunConfig, task: Task, router_cfg=None) -> TrainResult:
+    """Train and evaluate one model; ``router_cfg`` overrides ``cfg.router``."""
+    t = cfg.trainer
+    device = resolve_device(t.device)
+    torch.manual_seed(cfg.seed)
+    ffn = FFNFactory(router_cfg or cfg.router, cfg.model, cfg.moe)
+    model = task.build_model(cfg.model, ffn).to(device)
+    optimizer = make_optimizer(model, t)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.dtype == "bfloat16")
+    batch_size = max(1, t.batch_tokens // task.tokens_per_example)
+    generator = torch.Generator().manual_seed(cfg.seed)
+
+    curves: list[dict] = []
+    status, skipped, step, steps_done = "completed", 0, 0, 0
+    train_routing = RoutingAccumulator()
+    window = RoutingAccumulator()
+    train_time, tokens_seen, last_log = 0.0, 0, time.perf_counter()
+    max_skipped = t.max_skipped_share * t.max_steps
+    try:
+        for step in range(t.max_steps):
+            started = time.perf_counter()
+            model.train()
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(step, t)
+            batch = task.get_batch("train", batch_size, generator).to(device)
+            with autocast:
+                loss, task_loss, aux, stats = step_loss(model, task, batch, step)
+            optimizer.zero_grad(set_to_none=True)
+            if torch.isfinite(loss):
+                loss.backward()
+            if not torch.isfinite(loss) or not grads_finite(model):
+                skipped += 1  # skip the update: NaN/Inf loss or gradients
+                if skipped > max_skipped:
+                    status = "diverged"
+                    log.warning("step %d: %d steps skipped for NaN/Inf, over the %.0f%% allowed",
+                                step, skipped, 100 * t.max_skipped_share)
+                    break
+                continue
+            if t.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+            optimizer.step()
+            train_routing.add(stats)
+            window.add(stats)
+            train_time += time.perf_counter() - started
+            tokens_seen += batch.inputs.shape[0] * task.tokens_per_example
+
+            now = time.perf_counter()
+            if now - last_log >= t.log_every_s or step == t.max_steps - 1:
+                routing = window.summary()
+                log.info(
+                    "step %4d/%d | loss %.4f | drop %5.1f%% | load cv %.3f | %7.0f tok/s",
+                    step + 1, t.max_steps, task_loss.item(), 100 * routing.get("drop_rate", 0.0),
+                    routing.get("load_cv", 0.0), tokens_seen / max(train_time, 1e-9),
+                )
+                window, last_log = RoutingAccumulator(), now
+            if (step + 1) % t.eval_every == 0 and step + 1 < t.max_steps:
+                curves.append(curve_point(step + 1, task_loss.item(),
+                                          evaluate(model, task, task.eval_splits[0], cfg, batch_size)))
+        steps_done = t.max_steps
+    except KeyboardInterrupt:
+        status = "interrupted"
+        log.warning("interrupted at step %d; evaluating what was trained so far", step)
+    if status != "completed":
+        steps_done = step
+
+    final = evaluate(model, task, task.eval_splits[0], cfg, batch_size)
+    curves.append(curve_point(steps_done, None, final))
+    metrics = {"val_loss": final.pop("loss"), "val_accuracy": final.pop("accuracy"), **final}
+    for split in task.eval_splits[1:]:
+        other = evaluate(model, task, split, cfg, batch_size)
+        metrics.update({f"{split}_loss": other["loss"], f"{split}_accuracy": other["accuracy"],
+                        f"{split}_quality": other["quality"]})
+    metrics.update({
+        "train_drop_rate": train_routing.summary().get("drop_rate", 0.0),
+        "train_tokens_per_s": tokens_seen / train_time if train_time else 0.0,
+        "train_time_s": train_time,
+        "steps": steps_done,
+        "skipped_steps": skipped,
+    })
+    return TrainResult(status, metrics, curves)
