@@ -90,7 +90,7 @@ def train(cfg: RunConfig, task: Task, router_cfg=None) -> TrainResult:
     t = cfg.trainer
     device = resolve_device(t.device)
     torch.manual_seed(cfg.seed)
-    ffn = FFNFactory(router_cfg or cfg.router, cfg.model, cfg.moe)
+    ffn = FFNFactory(router_cfg or cfg.router, cfg.model, cfg.moe, task.data_stats())
     model = task.build_model(cfg.model, ffn).to(device)
     optimizer = make_optimizer(model, t)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.dtype == "bfloat16")

@@ -14,7 +14,7 @@ from moebench.config import ModelConfig, MoEConfig
 from moebench.metrics.flops import ffn_flops, param_count
 from moebench.moe.block import LayerStats
 from moebench.moe.experts import FeedForward
-from moebench.routers.base import RouterConfig, RouterContext
+from moebench.routers.base import DataStats, RouterConfig, RouterContext
 
 
 class LayerBuilder(Protocol):
@@ -22,7 +22,7 @@ class LayerBuilder(Protocol):
 
     @classmethod
     def build_layer(
-        cls, router_cfg: RouterConfig, model_cfg: ModelConfig, moe_cfg: MoEConfig
+        cls, router_cfg: RouterConfig, model_cfg: ModelConfig, moe_cfg: MoEConfig, data: DataStats
     ) -> nn.Module: ...
 
 
@@ -47,8 +47,9 @@ class DenseLayer(nn.Module):
 class FFNFactory:
     """Builds layer i's FFN: an MoE layer every ``moe_every``-th layer, else dense."""
 
-    def __init__(self, router_cfg: RouterConfig, model_cfg: ModelConfig, moe_cfg: MoEConfig) -> None:
-        self.router_cfg, self.model_cfg, self.moe_cfg = router_cfg, model_cfg, moe_cfg
+    def __init__(self, router_cfg: RouterConfig, model_cfg: ModelConfig, moe_cfg: MoEConfig,
+                 data: DataStats) -> None:
+        self.router_cfg, self.model_cfg, self.moe_cfg, self.data = router_cfg, model_cfg, moe_cfg, data
 
     def is_moe_layer(self, layer_idx: int) -> bool:
         return (layer_idx + 1) % self.model_cfg.moe_every == 0
@@ -60,4 +61,4 @@ class FFNFactory:
         from moebench.routers import ROUTERS
 
         builder: LayerBuilder = ROUTERS.get(self.router_cfg.name).cls
-        return builder.build_layer(self.router_cfg, m, self.moe_cfg)
+        return builder.build_layer(self.router_cfg, m, self.moe_cfg, self.data)

@@ -61,6 +61,18 @@ class RouterContext:
 
 
 @dataclass
+class DataStats:
+    """What a router may know about the task's data before training.
+
+    Hash routing maps token ids and needs the vocabulary size; its balanced
+    variant needs how often each id occurs in the training data.
+    """
+
+    vocab_size: int | None = None
+    token_counts_V: Tensor | None = None  # counts, or any proportional frequencies
+
+
+@dataclass
 class SparseRouting:
     """A flat list of A assignments of tokens to experts.
 
@@ -118,7 +130,7 @@ class Router(nn.Module):
     # same group (expert-choice, Soft MoE, BASE): then a causal model leaks.
     uses_other_tokens: bool = False
 
-    def __init__(self, cfg: RouterConfig, d_model: int, num_experts: int) -> None:
+    def __init__(self, cfg: RouterConfig, d_model: int, num_experts: int, data: DataStats) -> None:
         super().__init__()
         self.cfg = cfg
         self.num_experts = num_experts
@@ -127,7 +139,7 @@ class Router(nn.Module):
         nn.init.normal_(self.gate.weight, std=0.02)
 
     @classmethod
-    def build_layer(cls, router_cfg: RouterConfig, model_cfg, moe_cfg) -> nn.Module:
+    def build_layer(cls, router_cfg: RouterConfig, model_cfg, moe_cfg, data: DataStats) -> nn.Module:
         """The FFN layer this router drives: by default a standard MoE block.
 
         Routers whose layer is not "E expert FFNs" (the dense baseline, PEER)
@@ -138,7 +150,7 @@ class Router(nn.Module):
 
         E = moe_cfg.num_experts
         return MoEBlock(
-            router=cls(router_cfg, model_cfg.d_model, E),
+            router=cls(router_cfg, model_cfg.d_model, E, data),
             experts=Experts(E, model_cfg.d_model, model_cfg.d_ff, model_cfg.activation, moe_cfg.impl),
             k=router_cfg.k,
             capacity_factor=moe_cfg.capacity_factor,

@@ -9,7 +9,7 @@ router plugs into every task the same way.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from omegaconf import MISSING
@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from moebench.config import DataConfig, ModelConfig
 from moebench.models.ffn import FFNFactory
+from moebench.routers.base import DataStats
 
 
 @dataclass
@@ -37,8 +38,8 @@ class Batch:
     loss_mask: Tensor | None = None
 
     def to(self, device: torch.device) -> "Batch":
-        return Batch(*(None if t is None else t.to(device) for t in
-                       (self.inputs, self.targets, self.token_ids, self.cluster_ids, self.loss_mask)))
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        return Batch(**{k: None if v is None else v.to(device) for k, v in moved.items()})
 
 
 class Task(ABC):
@@ -65,6 +66,10 @@ class Task(ABC):
     @abstractmethod
     def tokens_per_example(self) -> int:
         """Tokens one example contributes to a layer (sequence length, or 1)."""
+
+    def data_stats(self) -> DataStats:
+        """Vocabulary size and train-split token counts, for hash routing."""
+        return DataStats()
 
     def token_losses(self, logits: Tensor, batch: Batch) -> Tensor:
         """Per-token cross-entropy, flattened in the layers' token order."""

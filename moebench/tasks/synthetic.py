@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from moebench.config import DataConfig, ModelConfig
 from moebench.models.ffn import FFNFactory
 from moebench.models.mlp import TokenMLP
+from moebench.routers.base import DataStats
 from moebench.tasks import TASKS
 from moebench.tasks.base import Batch, Task, TaskConfig
 
@@ -59,6 +60,9 @@ class SyntheticTask(Task):
 
     def build_model(self, model_cfg: ModelConfig, ffn: FFNFactory) -> nn.Module:
         return TokenMLP(model_cfg, self.cfg.d_in, self.cfg.num_classes, ffn)
+
+    def data_stats(self) -> DataStats:
+        return DataStats(self.cfg.vocab_size, self.type_probs_V / self.type_probs_V.sum())
 
     def get_batch(self, split: str, batch_size: int, generator: torch.Generator) -> Batch:
         type_B = torch.multinomial(self.type_probs_V, batch_size, replacement=True, generator=generator)
