@@ -20,7 +20,7 @@ from hydra.errors import HydraException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from moebench.config import register_schemas
+from moebench.config import RunConfig, register_schemas, validate
 from moebench.errors import ConfigError
 from moebench.routers import ROUTERS
 from moebench.tasks import TASKS
@@ -101,18 +101,30 @@ def explain(error: Exception) -> str:
     return str(error).strip().splitlines()[0]
 
 
+def register_all() -> None:
+    """Put every config schema (run, routers, tasks) into Hydra's ConfigStore."""
+    register_schemas()
+    ROUTERS.discover()
+    TASKS.discover()
+
+
+def load_config(*overrides: str) -> RunConfig:
+    """The typed, validated RunConfig of ``python -m moebench <overrides>``."""
+    register_all()
+    with initialize_config_dir(version_base=None, config_dir=str(CONF_DIR)):
+        cfg = OmegaConf.to_object(compose("config", overrides=list(overrides)))
+    validate(cfg)
+    return cfg
+
+
 def preflight(argv: list[str]) -> None:
     """Compose and validate every run the command line asks for; exit 2 on bad input."""
-    from moebench.config import validate
-
     overrides = user_overrides(argv)
     if overrides is None:
         return
     try:
-        combos = expand_sweeps(overrides)
-        with initialize_config_dir(version_base=None, config_dir=str(CONF_DIR)):
-            for combo in combos:
-                validate(OmegaConf.to_object(compose("config", overrides=combo)))
+        for combo in expand_sweeps(overrides):
+            load_config(*combo)
     except ConfigError as e:
         fail(str(e))
     except OverrideParseException as e:
@@ -125,17 +137,15 @@ def preflight(argv: list[str]) -> None:
 
 @hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")
 def hydra_app(cfg: DictConfig) -> None:
-    from moebench.run import run, to_run_config
+    from moebench.run import run
 
     try:
-        run(*to_run_config(cfg))
+        run(OmegaConf.to_object(cfg))
     except ConfigError as e:
         fail(str(e))
 
 
 def main() -> None:
-    register_schemas()
-    ROUTERS.discover()
-    TASKS.discover()
+    register_all()
     preflight(sys.argv[1:])
     hydra_app()

@@ -20,7 +20,7 @@ SUMMARY_KEYS = ("val_loss", "drop_rate", "no_expert_rate", "load_cv", "load_max_
                 "active_params", "total_params", "train_tokens_per_s", "train_time_s")
 
 
-def run(cfg: RunConfig, resolved: dict) -> Path:
+def run(cfg: RunConfig) -> Path:
     """Train and evaluate ``cfg``; return the path of its run record."""
     validate(cfg)
     task = TASKS.get(cfg.task.name).cls(cfg.task, cfg.data, cfg.seed)
@@ -38,7 +38,7 @@ def run(cfg: RunConfig, resolved: dict) -> Path:
         "router": cfg.router.name,
         "task": cfg.task.name,
         "seed": cfg.seed,
-        "config": resolved,
+        "config": OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True),
         "env": environment(resolve_device(cfg.trainer.device).type),
         "metrics": metrics,
         "curves": result.curves,
@@ -61,8 +61,3 @@ def summary_table(record: dict) -> str:
         text = f"{value:.4g}" if isinstance(value, float) else str(value)
         lines.append(f"{name:<{width}}  {text:>12}")
     return "\n".join(lines)
-
-
-def to_run_config(cfg) -> tuple[RunConfig, dict]:
-    """The typed config object and its resolved plain-dict form."""
-    return OmegaConf.to_object(cfg), OmegaConf.to_container(cfg, resolve=True)

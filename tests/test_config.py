@@ -1,0 +1,29 @@
+"""Every router x task config composes and validates; the registry matches conf/."""
+
+from pathlib import Path
+
+import pytest
+
+from moebench.routers import ROUTERS
+from moebench.tasks import TASKS
+from moebench.cli import load_config
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+
+
+def stems(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def test_registries_match_the_config_files():
+    assert ROUTERS.names() == stems("router")
+    assert TASKS.names() == stems("task")
+
+
+@pytest.mark.parametrize("router", stems("router"))
+@pytest.mark.parametrize("task", stems("task"))
+def test_every_router_task_pair_composes(router, task):
+    cfg = load_config(f"router={router}", f"task={task}")
+    assert (cfg.router.name, cfg.task.name) == (router, task)
+    assert type(cfg.router) is ROUTERS.get(router).config_cls
+    assert type(cfg.task) is TASKS.get(task).config_cls

@@ -1,0 +1,52 @@
+"""Run records: atomic, never overwritten, written on Ctrl-C; runs repeat per seed."""
+
+import json
+
+import pytest
+
+from moebench.record import write_record
+from moebench.run import run
+from moebench.tasks.synthetic import SyntheticTask
+from moebench.train import train
+
+FAST = ("trainer.max_steps=40", "trainer.eval_every=20", "trainer.eval_batches=2",
+        "task.oracle_baseline=false")
+
+
+def test_records_are_never_overwritten(tmp_path):
+    path = write_record({"run_id": "a", "x": 1}, tmp_path)
+    with pytest.raises(FileExistsError):
+        write_record({"run_id": "a", "x": 2}, tmp_path)
+    assert json.loads(path.read_text())["x"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]  # no temp file left
+
+
+def test_ctrl_c_writes_an_interrupted_record(make_config, monkeypatch):
+    cfg = make_config(*FAST)
+    calls = {"train": 0}
+    real_get_batch = SyntheticTask.get_batch
+
+    def get_batch(self, split, batch_size, generator):
+        if split == "train":
+            calls["train"] += 1
+            if calls["train"] == 26:
+                raise KeyboardInterrupt
+        return real_get_batch(self, split, batch_size, generator)
+
+    monkeypatch.setattr(SyntheticTask, "get_batch", get_batch)
+    record = json.loads(run(cfg).read_text())
+    assert record["status"] == "interrupted"
+    assert record["metrics"]["steps"] == 25
+    assert 0 < record["metrics"]["quality"] <= 1
+    assert [point["step"] for point in record["curves"]] == [20, 25]
+
+
+def test_same_seed_same_metrics(make_config):
+    cfg = make_config(*FAST, "router=top1", "seed=7")
+    task = SyntheticTask(cfg.task, cfg.data, cfg.seed)
+    timing = {"train_tokens_per_s", "train_time_s"}
+    first, second = train(cfg, task), train(cfg, task)
+    strip = lambda m: {k: v for k, v in m.items() if k not in timing}  # noqa: E731
+    assert strip(first.metrics) == strip(second.metrics)
+    other = train(make_config(*FAST, "router=top1", "seed=8"), task)
+    assert other.metrics["val_loss"] != first.metrics["val_loss"]
