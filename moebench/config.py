@@ -48,7 +48,11 @@ class MoEConfig:
 
 @dataclass
 class TrainerConfig:
+    # The budget: steps, or (to compare routers at equal compute) tokens or
+    # training FLOPs, from which the steps are derived. Set at most one of the two.
     max_steps: int = 300
+    max_tokens: Optional[int] = None
+    max_train_flops: Optional[float] = None
     batch_tokens: int = 2048  # tokens per step; examples = batch_tokens // tokens per example
     lr: float = 3e-3
     min_lr_ratio: float = 0.1  # cosine decay to lr * min_lr_ratio
@@ -73,6 +77,14 @@ class DataConfig:
 
 
 @dataclass
+class TransferConfig:
+    """Pretrain on one task, then fine-tune on ``task`` (conf/experiment/transfer.yaml)."""
+
+    pretrain_task: Any = None  # a TaskConfig, composed from conf/task by Hydra
+    pretrain_steps: int = 300
+
+
+@dataclass
 class RunConfig:
     router: Any = MISSING  # a RouterConfig subclass, chosen by router=NAME
     task: Any = MISSING  # a TaskConfig subclass, chosen by task=NAME
@@ -80,6 +92,7 @@ class RunConfig:
     trainer: TrainerConfig = MISSING
     moe: MoEConfig = field(default_factory=MoEConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
     seed: int = 0
     results_dir: str = "results/runs"
 
@@ -103,6 +116,10 @@ def validate(cfg: RunConfig) -> None:
 
     ROUTERS.get(cfg.router.name)
     TASKS.get(cfg.task.name)
+    if cfg.transfer.pretrain_task is not None:
+        TASKS.get(cfg.transfer.pretrain_task.name)
+        _check(cfg.transfer.pretrain_steps >= 1, "transfer.pretrain_steps",
+               cfg.transfer.pretrain_steps, "an integer >= 1")
     m, moe, t = cfg.model, cfg.moe, cfg.trainer
     E = moe.num_experts
     _check(E >= 1, "moe.num_experts", E, "an integer >= 1")
@@ -123,6 +140,10 @@ def validate(cfg: RunConfig) -> None:
            f"a divisor of model.d_model={m.d_model}")
     _check(0 <= m.dropout < 1, "model.dropout", m.dropout, "0 <= dropout < 1")
     _check(t.max_steps >= 0, "trainer.max_steps", t.max_steps, "an integer >= 0")
+    _check(t.max_tokens is None or t.max_train_flops is None, "trainer.max_train_flops",
+           t.max_train_flops, "null when trainer.max_tokens is set (one budget at a time)")
+    for key, value in [("trainer.max_tokens", t.max_tokens), ("trainer.max_train_flops", t.max_train_flops)]:
+        _check(value is None or value > 0, key, value, "null or a number > 0")
     _check(t.warmup_steps >= 0, "trainer.warmup_steps", t.warmup_steps, "an integer >= 0")
     _check(t.lr > 0, "trainer.lr", t.lr, "a number > 0")
     _check(0 <= t.min_lr_ratio <= 1, "trainer.min_lr_ratio", t.min_lr_ratio, "0..1")

@@ -30,16 +30,18 @@ def batch_context(batch: Batch, step: int) -> RouterContext:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, task: Task, split: str, cfg: RunConfig, batch_size: int) -> dict:
-    """Mean loss (nats per counted token), accuracy, the task's quality,
-    routing metrics and forward cost over ``cfg.trainer.eval_batches`` batches."""
+def evaluate(model: nn.Module, task: Task, split: str, cfg: RunConfig, batch_size: int,
+             batches: int | None = None) -> dict:
+    """Mean loss (nats per counted token), accuracy, the task's quality, routing
+    metrics and forward cost over ``batches`` (default ``trainer.eval_batches``)."""
+    batches = batches or cfg.trainer.eval_batches
     model.eval()
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(EVAL_SEED)
     routing = RoutingAccumulator(keep_tokens=True)
     loss_sum, correct, counted = 0.0, 0.0, 0.0
     costs: dict[str, float] = {}
-    for _ in range(cfg.trainer.eval_batches):
+    for _ in range(batches):
         batch = task.get_batch(split, batch_size, generator).to(device)
         out = model(batch.inputs, batch_context(batch, step=-1))
         losses_T = task.token_losses(out.logits, batch)
@@ -52,10 +54,10 @@ def evaluate(model: nn.Module, task: Task, split: str, cfg: RunConfig, batch_siz
         routing.add(out.moe_stats, batch.token_ids, batch.cluster_ids)
         batch_cost = cost_metrics(model, out.layer_stats, context=task.tokens_per_example)
         for key in ("flops_per_token", "active_params", "total_params"):
-            costs[key] = costs.get(key, 0.0) + batch_cost[key] / cfg.trainer.eval_batches
+            costs[key] = costs.get(key, 0.0) + batch_cost[key] / batches
         breakdown = costs.setdefault("flops_breakdown", {})
         for key, value in batch_cost["flops_breakdown"].items():
-            breakdown[key] = breakdown.get(key, 0.0) + value / cfg.trainer.eval_batches
+            breakdown[key] = breakdown.get(key, 0.0) + value / batches
     loss, accuracy = loss_sum / counted, correct / counted
     return {"loss": loss, "accuracy": accuracy, "quality": task.quality(loss, accuracy),
             **routing.summary(), **costs}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -11,7 +12,7 @@ from moebench.config import RunConfig, validate
 from moebench.record import SCHEMA_VERSION, environment, new_run_id, write_record
 from moebench.routers.oracle import OracleConfig
 from moebench.tasks import TASKS
-from moebench.train import resolve_device, train
+from moebench.train import TrainResult, resolve_device, train
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +25,13 @@ def run(cfg: RunConfig) -> Path:
     """Train and evaluate ``cfg``; return the path of its run record."""
     validate(cfg)
     task = TASKS.get(cfg.task.name).cls(cfg.task, cfg.data, cfg.seed)
-    result = train(cfg, task)
+    pretrained = pretrain(cfg) if cfg.transfer.pretrain_task is not None else None
+    result = train(cfg, task, init_from=pretrained.model if pretrained else None)
     metrics = {"quality_metric": task.quality_metric, "higher_is_better": task.higher_is_better,
                **result.metrics}
+    if pretrained is not None:
+        metrics["pretrain_quality"] = pretrained.metrics["quality"]
+        metrics["pretrain_val_loss"] = pretrained.metrics["val_loss"]
     if getattr(cfg.task, "oracle_baseline", False) and result.status == "completed":
         log.info("training the same model with the oracle router (routes by true cluster)")
         oracle = train(cfg, task, router_cfg=OracleConfig(k=1))
@@ -49,11 +54,22 @@ def run(cfg: RunConfig) -> Path:
     return path
 
 
+def pretrain(cfg: RunConfig) -> TrainResult:
+    """The pretraining phase of a transfer run, on ``transfer.pretrain_task``."""
+    pre_task_cfg = cfg.transfer.pretrain_task
+    log.info("pretraining on %s for %d steps", pre_task_cfg.name, cfg.transfer.pretrain_steps)
+    pre_cfg = replace(cfg, task=pre_task_cfg,
+                      trainer=replace(cfg.trainer, max_steps=cfg.transfer.pretrain_steps))
+    return train(pre_cfg, TASKS.get(pre_task_cfg.name).cls(pre_task_cfg, cfg.data, cfg.seed))
+
+
 def summary_table(record: dict) -> str:
     m = record["metrics"]
     rows = [("status", record["status"]), (f"quality ({m['quality_metric']})", m["quality"])]
     if "oracle_quality" in m:
         rows.append(("oracle router quality", m["oracle_quality"]))
+    if "pretrain_quality" in m:
+        rows.append(("quality before fine-tuning", m["pretrain_quality"]))
     rows += [(key, m[key]) for key in SUMMARY_KEYS if key in m]
     width = max(len(name) for name, _ in rows)
     lines = [f"{record['task']} / {record['router']} / seed {record['seed']}", "-" * (width + 16)]

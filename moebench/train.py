@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
@@ -29,7 +29,20 @@ log = logging.getLogger(__name__)
 class TrainResult:
     status: str  # completed | diverged | interrupted
     metrics: dict
-    curves: list[dict] = field(default_factory=list)
+    curves: list[dict]
+    model: nn.Module
+
+
+def load_matching(model: nn.Module, state: dict[str, Tensor]) -> list[str]:
+    """Copy every tensor whose name and shape match; return the names copied.
+
+    Between tasks with different vocabularies this transfers the transformer
+    body (attention, FFNs, routers, norms) and re-initializes embeddings and head.
+    """
+    own = model.state_dict()
+    matching = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(matching, strict=False)
+    return sorted(matching)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -73,6 +86,17 @@ def step_loss(model: nn.Module, task: Task, batch, step: int) -> tuple[Tensor, T
     return total, task_loss, aux, out.moe_stats
 
 
+def budget_steps(cfg: TrainerConfig, tokens_per_step: int, forward_flops_per_token: float) -> int:
+    """Steps that fit the budget. Training FLOPs are taken as 3x the forward
+    FLOPs (forward + backward for activations and weights; Kaplan et al.
+    2020, section 2.1), with the experts counted as executed."""
+    if cfg.max_tokens is not None:
+        return max(1, round(cfg.max_tokens / tokens_per_step))
+    if cfg.max_train_flops is not None:
+        return max(1, round(cfg.max_train_flops / (3 * forward_flops_per_token * tokens_per_step)))
+    return cfg.max_steps
+
+
 def curve_point(step: int, train_loss: float | None, evaluation: dict) -> dict:
     keys = ("loss", "quality", "drop_rate", "load_cv", "routing_entropy")
     point = {"step": step, "train_loss": train_loss}
@@ -85,16 +109,25 @@ def grads_finite(model: nn.Module) -> bool:
     return bool(torch.isfinite(torch.stack(norms)).all()) if norms else True
 
 
-def train(cfg: RunConfig, task: Task, router_cfg=None) -> TrainResult:
-    """Train and evaluate one model; ``router_cfg`` overrides ``cfg.router``."""
-    t = cfg.trainer
-    device = resolve_device(t.device)
+def train(cfg: RunConfig, task: Task, router_cfg=None, init_from: nn.Module | None = None) -> TrainResult:
+    """Train and evaluate one model; ``router_cfg`` overrides ``cfg.router``;
+    ``init_from`` starts from another model's matching weights (fine-tuning)."""
+    device = resolve_device(cfg.trainer.device)
     torch.manual_seed(cfg.seed)
     ffn = FFNFactory(router_cfg or cfg.router, cfg.model, cfg.moe, task.data_stats())
     model = task.build_model(cfg.model, ffn).to(device)
+    if init_from is not None:
+        copied = load_matching(model, init_from.state_dict())
+        log.info("fine-tuning: %d of %d tensors from the pretrained model",
+                 len(copied), len(model.state_dict()))
+    batch_size = max(1, cfg.trainer.batch_tokens // task.tokens_per_example)
+    t = cfg.trainer
+    if t.max_tokens is not None or t.max_train_flops is not None:
+        forward_flops = evaluate(model, task, "train", cfg, batch_size, batches=1)["flops_per_token"]
+        t = replace(t, max_steps=budget_steps(t, batch_size * task.tokens_per_example, forward_flops))
+        log.info("budget: %d steps", t.max_steps)
     optimizer = make_optimizer(model, t)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.dtype == "bfloat16")
-    batch_size = max(1, t.batch_tokens // task.tokens_per_example)
     generator = torch.Generator().manual_seed(cfg.seed)
 
     curves: list[dict] = []
@@ -164,4 +197,4 @@ def train(cfg: RunConfig, task: Task, router_cfg=None) -> TrainResult:
         "steps": steps_done,
         "skipped_steps": skipped,
     })
-    return TrainResult(status, metrics, curves)
+    return TrainResult(status, metrics, curves, model)

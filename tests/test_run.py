@@ -50,3 +50,23 @@ def test_same_seed_same_metrics(make_config):
     assert strip(first.metrics) == strip(second.metrics)
     other = train(make_config(*FAST, "router=top1", "seed=8"), task)
     assert other.metrics["val_loss"] != first.metrics["val_loss"]
+
+
+def test_budget_in_tokens_or_flops_sets_the_steps(make_config):
+    from moebench.train import budget_steps
+
+    cfg = make_config("trainer.max_tokens=20480").trainer
+    assert budget_steps(cfg, tokens_per_step=2048, forward_flops_per_token=1e6) == 10
+    cfg = make_config("trainer.max_train_flops=6e10").trainer
+    # 6e10 / (3 * 1e6 FLOPs/token * 2048 tokens/step) = 9.77 -> 10 steps
+    assert budget_steps(cfg, tokens_per_step=2048, forward_flops_per_token=1e6) == 10
+    result = train(make_config(*FAST, "trainer.max_tokens=20480"),
+                   SyntheticTask(cfg=make_config().task, data=None, seed=0))
+    assert result.metrics["steps"] == 10
+
+
+def test_only_one_budget_at_a_time(make_config):
+    from moebench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="trainer.max_train_flops"):
+        make_config("trainer.max_tokens=100", "trainer.max_train_flops=1e9")
