@@ -43,7 +43,8 @@ def evaluate(model: nn.Module, task: Task, split: str, cfg: RunConfig, batch_siz
     costs: dict[str, float] = {}
     for _ in range(batches):
         batch = task.get_batch(split, batch_size, generator).to(device)
-        out = model(batch.inputs, batch_context(batch, step=-1))
+        ctx = batch_context(batch, step=-1)
+        out = model(batch.inputs, ctx)
         losses_T = task.token_losses(out.logits, batch)
         mask_T = (torch.ones_like(losses_T) if batch.loss_mask is None
                   else batch.loss_mask.reshape(-1).to(losses_T.dtype))
@@ -51,7 +52,7 @@ def evaluate(model: nn.Module, task: Task, split: str, cfg: RunConfig, batch_siz
         loss_sum += float(losses_T.sum())
         correct += float((hits_T * mask_T).sum())
         counted += float(mask_T.sum())
-        routing.add(out.moe_stats, batch.token_ids, batch.cluster_ids)
+        routing.add(out.moe_stats, ctx)
         batch_cost = cost_metrics(model, out.layer_stats, context=task.tokens_per_example)
         for key in ("flops_per_token", "active_params", "total_params"):
             costs[key] = costs.get(key, 0.0) + batch_cost[key] / batches

@@ -8,15 +8,21 @@ import torch
 from torch import Tensor
 
 from moebench.metrics.balance import balance_metrics
-from moebench.metrics.specialization import fixed_map_agreement, normalized_mutual_info
+from moebench.metrics.specialization import cross_counts, fixed_map_agreement, normalized_mutual_info
 from moebench.moe.block import LayerStats
-from moebench.routers.base import routing_entropy
+from moebench.routers.base import RouterContext, routing_entropy
+
+
+# Per-expert loads go into records up to this many experts (PEER has a million).
+MAX_EXPERTS_LISTED = 1024
 
 
 @dataclass
 class _LayerTotals:
     routed_E: Tensor  # float64, on the CPU
     hist: Tensor  # tokens reaching 0, 1, ..., E experts
+    dropped_L: Tensor | None = None  # dropped assignments by sequence position
+    routed_L: Tensor | None = None
     dropped: int = 0
     entropy_sum: float = 0.0
     entropy_batches: int = 0
@@ -36,8 +42,7 @@ class RoutingAccumulator:
         self.token_ids: list[Tensor] = []
         self.cluster_ids: list[Tensor] = []
 
-    def add(self, stats: list[LayerStats], token_ids_T: Tensor | None = None,
-            cluster_ids_T: Tensor | None = None) -> None:
+    def add(self, stats: list[LayerStats], ctx: RouterContext | None = None) -> None:
         if not self.layers:
             E = stats[0].routed_E.numel() if stats else 0
             self.layers = [_LayerTotals(torch.zeros(E, dtype=torch.double),
@@ -50,21 +55,38 @@ class RoutingAccumulator:
             if s.logits_TE is not None:
                 totals.entropy_sum += float(routing_entropy(s.logits_TE.float()))
                 totals.entropy_batches += 1
+            if ctx is not None and ctx.batch_shape is not None and s.dropped_T is not None:
+                self._add_by_position(totals, s, ctx.batch_shape)
             if self.keep_tokens:
                 totals.top_expert.append(s.top_expert_T.detach().cpu())
-        if self.keep_tokens and token_ids_T is not None:
-            self.token_ids.append(token_ids_T.detach().reshape(-1).cpu())
-        if self.keep_tokens and cluster_ids_T is not None:
-            self.cluster_ids.append(cluster_ids_T.detach().reshape(-1).cpu())
+        if self.keep_tokens and ctx is not None and ctx.token_ids_T is not None:
+            self.token_ids.append(ctx.token_ids_T.detach().reshape(-1).cpu())
+        if self.keep_tokens and ctx is not None and ctx.cluster_ids_T is not None:
+            self.cluster_ids.append(ctx.cluster_ids_T.detach().reshape(-1).cpu())
+
+    @staticmethod
+    def _add_by_position(totals: _LayerTotals, s: LayerStats, batch_shape: tuple[int, int]) -> None:
+        dropped_BL = s.dropped_T.detach().reshape(batch_shape).double().cpu()
+        routed_BL = dropped_BL + s.experts_per_token_T.detach().reshape(batch_shape).double().cpu()
+        if totals.dropped_L is None:
+            totals.dropped_L, totals.routed_L = dropped_BL.sum(0), routed_BL.sum(0)
+        else:
+            totals.dropped_L += dropped_BL.sum(0)
+            totals.routed_L += routed_BL.sum(0)
 
     def summary(self) -> dict:
         """Each metric averaged over MoE layers, plus the ``per_layer`` values."""
         if not self.layers:
             return {}
         per_layer = [self._layer_summary(t) for t in self.layers]
-        out = {key: sum(layer[key] for layer in per_layer) / len(per_layer) for key in per_layer[0]}
+        scalars = [k for k, v in per_layer[0].items() if isinstance(v, float)]
+        out = {key: sum(layer[key] for layer in per_layer) / len(per_layer) for key in scalars}
         hist = sum(t.hist for t in self.layers).double()
         out["experts_per_token_share"] = (hist / hist.sum()).tolist()
+        if self.layers[0].dropped_L is not None:
+            dropped_L = sum(t.dropped_L for t in self.layers)
+            routed_L = sum(t.routed_L for t in self.layers)
+            out["drop_rate_by_position"] = (dropped_L / routed_L.clamp_min(1)).tolist()
         out["per_layer"] = per_layer
         return out
 
@@ -73,6 +95,8 @@ class RoutingAccumulator:
         out = {"drop_rate": t.dropped / routed if routed else 0.0,
                "no_expert_rate": float(t.hist[0] / t.hist.sum()),
                **balance_metrics(t.routed_E)}
+        if t.routed_E.numel() <= MAX_EXPERTS_LISTED:
+            out["load_E"] = t.routed_E.tolist()
         if t.entropy_batches:
             out["routing_entropy"] = t.entropy_sum / t.entropy_batches
         if t.top_expert:
@@ -81,6 +105,8 @@ class RoutingAccumulator:
             if self.cluster_ids:
                 clusters_N = torch.cat(self.cluster_ids)
                 out["nmi_cluster"] = normalized_mutual_info(expert_N[reached_N], clusters_N[reached_N])
+                out["cluster_expert"] = cross_counts(clusters_N[reached_N], expert_N[reached_N],
+                                                     t.routed_E.numel()).tolist()
             if self.token_ids:
                 tokens_N = torch.cat(self.token_ids)[reached_N]
                 out["nmi_token"] = normalized_mutual_info(expert_N[reached_N], tokens_N)

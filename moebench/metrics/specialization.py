@@ -14,6 +14,13 @@ def _contingency(a_N: Tensor, b_N: Tensor) -> Tensor:
     return flat.reshape(rows, cols).double()
 
 
+def cross_counts(cluster_N: Tensor, expert_N: Tensor, num_experts: int) -> Tensor:
+    """``[K, E]`` counts of tokens of cluster k routed (top-1) to expert e."""
+    K = int(cluster_N.max()) + 1 if cluster_N.numel() else 0
+    flat = torch.bincount(cluster_N * num_experts + expert_N, minlength=K * num_experts)
+    return flat.reshape(K, num_experts)
+
+
 def _entropy(p: Tensor) -> Tensor:
     p = p[p > 0]
     return -(p * p.log()).sum()

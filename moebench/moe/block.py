@@ -29,6 +29,7 @@ class LayerStats:
     dropped: int  # assignments dropped by capacity
     experts_per_token_T: Tensor  # kept assignments per token (0: reached no expert)
     top_expert_T: Tensor  # each token's highest-weight kept expert; -1 if none
+    dropped_T: Tensor | None = None  # each token's assignments dropped by capacity
     logits_TE: Tensor | None = None
     aux_losses: dict[str, Tensor] = field(default_factory=dict)  # not detached
     on_token_loss: Callable[[Tensor], dict[str, Tensor]] | None = None
@@ -96,6 +97,7 @@ class MoEBlock(nn.Module):
             soft=False,
             dropped=plan.dropped,
             experts_per_token_T=plan.experts_per_token_T,
+            dropped_T=plan.dropped_T,
             top_expert_T=_top_expert(plan, T),
         )
 

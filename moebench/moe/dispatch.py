@@ -33,6 +33,7 @@ class DispatchPlan:
     routed_E: Tensor  # assignments per expert before capacity
     dropped: int  # assignments dropped by capacity
     experts_per_token_T: Tensor  # kept assignments per token
+    dropped_T: Tensor  # assignments of each token dropped by capacity
 
 
 def capacity(num_tokens: int, num_experts: int, k: int, capacity_factor: float) -> int:
@@ -70,6 +71,7 @@ def plan_dispatch(
         keep = order[rank_in_expert < capacity_per_expert]
 
     token_R = routing.token_idx_A[keep]
+    kept_T = torch.bincount(token_R, minlength=num_tokens)
     return DispatchPlan(
         token_idx_R=token_R,
         expert_idx_R=expert_A[keep],
@@ -77,5 +79,6 @@ def plan_dispatch(
         counts_E=torch.bincount(expert_A[keep], minlength=num_experts),
         routed_E=routed_E,
         dropped=A - keep.numel(),
-        experts_per_token_T=torch.bincount(token_R, minlength=num_tokens),
+        experts_per_token_T=kept_T,
+        dropped_T=torch.bincount(routing.token_idx_A, minlength=num_tokens) - kept_T,
     )
