@@ -17,6 +17,7 @@ from omegaconf import MISSING
 from moebench.errors import ConfigError
 from moebench.moe.dispatch import DROP_POLICIES
 from moebench.moe.experts import ACTIVATIONS
+from moebench.moe.grouping import ROUTING_GROUPS, future_leak
 
 MOE_IMPLS = ("auto", "torch", "triton")
 DEVICES = ("auto", "cpu", "cuda")
@@ -44,6 +45,9 @@ class MoEConfig:
     dropless: bool = False
     drop_policy: str = "position"  # position | score (batch-prioritized routing)
     impl: str = "auto"  # auto | torch | triton
+    # all: route the batch's tokens together; position: one routing group per
+    # sequence position, causal-safe for every router (moe/grouping.py).
+    routing_groups: str = "all"
 
 
 @dataclass
@@ -63,6 +67,7 @@ class TrainerConfig:
     eval_batches: int = 8
     log_every_s: float = 2.0
     device: str = "auto"
+    num_threads: Optional[int] = None  # torch CPU threads; 1 per job for parallel sweeps
     dtype: str = "float32"  # autocast dtype on CUDA; the router stays float32
     # A run that skips more than this share of steps (NaN/Inf loss or
     # gradients) ends with status "diverged".
@@ -129,6 +134,13 @@ def validate(cfg: RunConfig) -> None:
         _check(value > 0, key, value, "a number > 0")
     _check(moe.drop_policy in DROP_POLICIES, "moe.drop_policy", moe.drop_policy, DROP_POLICIES)
     _check(moe.impl in MOE_IMPLS, "moe.impl", moe.impl, MOE_IMPLS)
+    _check(moe.routing_groups in ROUTING_GROUPS, "moe.routing_groups", moe.routing_groups,
+           ROUTING_GROUPS)
+    leak = future_leak(cfg.router.name, ROUTERS.get(cfg.router.name).cls, moe)
+    if leak and TASKS.get(cfg.task.name).cls.causal and not cfg.router.allow_leaky:
+        raise ConfigError("moe.routing_groups", moe.routing_groups,
+                          f"position on the causal task {cfg.task.name}, since {leak}; or "
+                          "router.allow_leaky=true to run it anyway and record the measured causal_leak")
     _check(m.activation in ACTIVATIONS, "model.activation", m.activation, ACTIVATIONS)
     for key, value in [("model.d_model", m.d_model), ("model.n_layers", m.n_layers),
                        ("model.n_heads", m.n_heads), ("model.d_ff", m.d_ff),
@@ -147,6 +159,8 @@ def validate(cfg: RunConfig) -> None:
     _check(t.warmup_steps >= 0, "trainer.warmup_steps", t.warmup_steps, "an integer >= 0")
     _check(t.lr > 0, "trainer.lr", t.lr, "a number > 0")
     _check(0 <= t.min_lr_ratio <= 1, "trainer.min_lr_ratio", t.min_lr_ratio, "0..1")
+    _check(t.num_threads is None or t.num_threads >= 1, "trainer.num_threads", t.num_threads,
+           "null or an integer >= 1")
     _check(t.device in DEVICES, "trainer.device", t.device, DEVICES)
     _check(t.dtype in DTYPES, "trainer.dtype", t.dtype, DTYPES)
     _check(0 <= t.max_skipped_share <= 1, "trainer.max_skipped_share", t.max_skipped_share, "0..1")

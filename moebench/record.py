@@ -7,6 +7,7 @@ fails rather than overwrite an existing record.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -50,9 +51,29 @@ def environment(device: str) -> dict:
     }
 
 
-def new_run_id(router: str, task: str, seed: int) -> str:
+def config_hash(config: dict) -> str:
+    """A short, stable digest of a resolved config: the identity of a run.
+
+    ``results_dir`` is left out: it says where a record goes, not what ran.
+    """
+    identity = {k: v for k, v in config.items() if k != "results_dir"}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def new_run_id(router: str, task: str, seed: int, digest: str) -> str:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-    return f"{task}-{router}-s{seed}-{stamp}-{uuid.uuid4().hex[:6]}"
+    return f"{task}-{router}-s{seed}-{digest}-{stamp}-{uuid.uuid4().hex[:6]}"
+
+
+def find_completed(results_dir: str | Path, digest: str) -> Path | None:
+    """A completed record of the run with this config hash, if one exists."""
+    for path in sorted(Path(results_dir).glob(f"*-{digest}-*.json")):
+        try:
+            if json.loads(path.read_text()).get("status") == "completed":
+                return path
+        except (OSError, json.JSONDecodeError):
+            continue  # a damaged record does not count as done
+    return None
 
 
 def write_record(record: dict, results_dir: str | Path) -> Path:

@@ -6,10 +6,12 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
+import torch
 from omegaconf import OmegaConf
 
 from moebench.config import RunConfig, validate
-from moebench.record import SCHEMA_VERSION, environment, new_run_id, write_record
+from moebench.record import (SCHEMA_VERSION, config_hash, environment, find_completed, new_run_id,
+                             write_record)
 from moebench.routers.oracle import OracleConfig
 from moebench.tasks import TASKS
 from moebench.train import TrainResult, resolve_device, train
@@ -22,8 +24,20 @@ SUMMARY_KEYS = ("val_loss", "drop_rate", "no_expert_rate", "load_cv", "load_max_
 
 
 def run(cfg: RunConfig) -> Path:
-    """Train and evaluate ``cfg``; return the path of its run record."""
+    """Train and evaluate ``cfg``; return the path of its run record.
+
+    A run whose completed record already exists in ``results_dir`` is not
+    repeated, so an interrupted sweep resumes where it stopped.
+    """
     validate(cfg)
+    resolved = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    digest = config_hash(resolved)
+    done = find_completed(cfg.results_dir, digest)
+    if done is not None:
+        log.info("already completed, skipping: %s", done)
+        return done
+    if cfg.trainer.num_threads is not None:
+        torch.set_num_threads(cfg.trainer.num_threads)
     task = TASKS.get(cfg.task.name).cls(cfg.task, cfg.data, cfg.seed)
     pretrained = pretrain(cfg) if cfg.transfer.pretrain_task is not None else None
     result = train(cfg, task, init_from=pretrained.model if pretrained else None)
@@ -38,12 +52,13 @@ def run(cfg: RunConfig) -> Path:
         metrics["oracle_quality"] = oracle.metrics["quality"]
     record = {
         "schema_version": SCHEMA_VERSION,
-        "run_id": new_run_id(cfg.router.name, cfg.task.name, cfg.seed),
+        "run_id": new_run_id(cfg.router.name, cfg.task.name, cfg.seed, digest),
+        "config_hash": digest,
         "status": result.status,
         "router": cfg.router.name,
         "task": cfg.task.name,
         "seed": cfg.seed,
-        "config": OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True),
+        "config": resolved,
         "env": environment(resolve_device(cfg.trainer.device).type),
         "metrics": metrics,
         "curves": result.curves,

@@ -70,3 +70,19 @@ def test_only_one_budget_at_a_time(make_config):
 
     with pytest.raises(ConfigError, match="trainer.max_train_flops"):
         make_config("trainer.max_tokens=100", "trainer.max_train_flops=1e9")
+
+
+def test_a_rerun_skips_a_completed_run_but_not_an_interrupted_one(make_config, monkeypatch):
+    cfg = make_config(*FAST)
+    first = run(cfg)
+    assert run(cfg) == first  # resumed sweep: nothing retrained
+    assert len(list(first.parent.glob("*.json"))) == 1
+    other = run(make_config(*FAST, "seed=1"))  # another config is another run
+    assert other != first
+    record = json.loads(first.read_text())
+    record.update(status="interrupted", run_id=record["run_id"] + "-x")
+    interrupted_dir = first.parent.parent / "interrupted"
+    write_record(record, interrupted_dir)
+    cfg_elsewhere = make_config(*FAST, f"results_dir={interrupted_dir}")
+    assert run(cfg_elsewhere).parent == interrupted_dir
+    assert len(list(interrupted_dir.glob("*.json"))) == 2  # the interrupted one was redone
