@@ -1,0 +1,147 @@
+"""The DeepSeekMoE layer: fine-grained and shared experts, balanced without an auxiliary loss.
+
+DeepSeekMoE (Dai et al. 2024, arXiv:2401.06066), section 3:
+
+* fine-grained expert segmentation (3.1): each of the E experts of width F
+  is split into m experts of width F / m, and a token picks m K of the m E;
+* shared expert isolation (3.2): K_s of the m E experts are shared, every
+  token passes through them, and the routed pick shrinks to m K - K_s
+  (eqs. 9-11):
+      h_t = sum_{i <= K_s} FFN_i(u_t) + sum_{i > K_s} g_{i,t} FFN_i(u_t) + u_t.
+
+With the same E, F and K, FLOPs and parameters equal those of the coarse
+top-K layer, so the comparison with top1 / top2 is at equal cost.
+
+Auxiliary-loss-free load balancing (DeepSeek-V3, arXiv:2412.19437, section
+2.1.2; Wang et al. 2024, arXiv:2408.15664): a per-expert bias b_e is added to
+the affinities for the top-k *selection only* (V3 eq. 16); the combine
+weights come from the unbiased affinities. After each training step
+    b_e <- b_e + gamma * sign(mean load - load_e),
+so an overloaded expert's bias falls and an underloaded one's rises.
+Affinities are a softmax (DeepSeekMoE eq. 11; weights are the probabilities)
+or a sigmoid (V3 eq. 15; weights normalized over the selected, eq. 13).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor, nn
+
+from moebench.errors import ConfigError
+from moebench.metrics.flops import ffn_flops, param_count
+from moebench.moe.block import LayerStats, MoEBlock
+from moebench.moe.experts import FeedForward
+from moebench.routers import ROUTERS
+from moebench.routers.base import (
+    DataStats, Router, RouterConfig, RouterContext, RouterOutput, sparse_from_topk,
+)
+
+SCORE_FNS = ("softmax", "sigmoid")
+
+
+@dataclass
+class DeepSeekMoEConfig(RouterConfig):
+    # router.k and moe.num_experts describe the coarse layer this one refines.
+    granularity: int = 4  # m: each expert split into m of width d_ff / m
+    num_shared: int = 1  # K_s shared experts of width d_ff / m
+    score_fn: str = "sigmoid"  # softmax (DeepSeekMoE) | sigmoid (DeepSeek-V3)
+    # gamma; 0 turns the balancing off. V3 used 0.001 for its first 14.3T tokens; in a
+    # 300-step run the bias then still grows linearly at the end, 0.01 settles.
+    bias_rate: float = 1e-2
+
+    def __post_init__(self) -> None:
+        if self.granularity < 1:
+            raise ConfigError("router.granularity", self.granularity, "an integer >= 1")
+        if self.num_shared < 0:
+            raise ConfigError("router.num_shared", self.num_shared, "an integer >= 0")
+        if self.score_fn not in SCORE_FNS:
+            raise ConfigError("router.score_fn", self.score_fn, SCORE_FNS)
+        if self.bias_rate < 0:
+            raise ConfigError("router.bias_rate", self.bias_rate, "a number >= 0")
+
+
+def biased_topk(scores_TE: Tensor, bias_E: Tensor, k: int, normalize: bool) -> tuple[Tensor, Tensor]:
+    """``(weight_TK, expert_TK)``: the top k of scores + bias (V3 eq. 16),
+    weighted by their unbiased scores, normalized over the k when ``normalize`` (eq. 13)."""
+    expert_TK = (scores_TE.detach() + bias_E).topk(k, dim=-1).indices
+    weight_TK = scores_TE.gather(1, expert_TK)
+    if normalize:
+        weight_TK = weight_TK / weight_TK.sum(-1, keepdim=True)
+    return weight_TK, expert_TK
+
+
+def loss_free_bias_update(bias_E: Tensor, load_E: Tensor, rate: float) -> Tensor:
+    """b_e + gamma * sign(mean load - load_e) (V3 section 2.1.2)."""
+    load_E = load_E.to(bias_E.dtype)
+    return bias_E + rate * torch.sign(load_E.mean() - load_E)
+
+
+@ROUTERS.register("deepseek_moe", DeepSeekMoEConfig)
+class DeepSeekMoERouter(Router):
+    """Routes to the m E - K_s routed experts; ``cfg.k`` here is m K - K_s."""
+
+    def __init__(self, cfg: DeepSeekMoEConfig, d_model: int, num_experts: int, data: DataStats) -> None:
+        super().__init__(cfg, d_model, num_experts, data)
+        # State, like BatchNorm's running statistics: moved by the layer, not by gradients.
+        self.register_buffer("bias_E", torch.zeros(num_experts))
+
+    @classmethod
+    def build_layer(cls, router_cfg: DeepSeekMoEConfig, model_cfg, moe_cfg, data: DataStats) -> nn.Module:
+        m, shared, k = router_cfg.granularity, router_cfg.num_shared, router_cfg.k
+        if model_cfg.d_ff % m:
+            raise ConfigError("router.granularity", m, f"a divisor of model.d_ff={model_cfg.d_ff}")
+        if shared >= m * k:
+            raise ConfigError("router.num_shared", shared, f"0..{m * k - 1} (at least one routed expert)")
+        d_expert = model_cfg.d_ff // m
+        # The standard block, on the refined experts (DeepSeekMoE eqs. 9-11).
+        routed = super().build_layer(
+            replace(router_cfg, k=m * k - shared),
+            replace(model_cfg, d_ff=d_expert),
+            replace(moe_cfg, num_experts=m * moe_cfg.num_experts - shared),
+            data,
+        )
+        # K_s FFNs of width F / m, summed, are one FFN of width K_s F / m.
+        shared_ffn = FeedForward(model_cfg.d_model, shared * d_expert, model_cfg.activation)
+        return DeepSeekMoELayer(routed, shared_ffn if shared else None)
+
+    def route(self, x_TD: Tensor, ctx: RouterContext) -> RouterOutput:
+        logits_TE = self.gate_logits(x_TD)
+        sigmoid = self.cfg.score_fn == "sigmoid"
+        scores_TE = torch.sigmoid(logits_TE) if sigmoid else torch.softmax(logits_TE, dim=-1)
+        weight_TK, expert_TK = biased_topk(scores_TE, self.bias_E, self.cfg.k, normalize=sigmoid)
+        return RouterOutput(sparse_from_topk(scores_TE, weight_TK, expert_TK), logits_TE)
+
+    @torch.no_grad()
+    def update_bias(self, load_E: Tensor) -> None:
+        self.bias_E.copy_(loss_free_bias_update(self.bias_E, load_E, self.cfg.bias_rate))
+
+
+class DeepSeekMoELayer(nn.Module):
+    """Routed experts (a standard MoE block) plus shared experts that see every token."""
+
+    def __init__(self, routed: MoEBlock, shared: FeedForward | None) -> None:
+        super().__init__()
+        self.routed, self.shared = routed, shared
+
+    def forward(self, x: Tensor, ctx: RouterContext) -> tuple[Tensor, LayerStats]:
+        y, stats = self.routed(x, ctx)
+        router: DeepSeekMoERouter = self.routed.router
+        if self.training:  # once per step, from the load of the whole batch before capacity
+            router.update_bias(stats.routed_E)
+        stats.diagnostics["balance_bias"] = router.bias_E.clone()
+        if self.shared is not None:
+            y = y + self.shared(x)
+        return y, stats
+
+    def flops_per_token(self, stats: LayerStats | None) -> dict[str, float]:
+        flops = self.routed.flops_per_token(stats)
+        if self.shared is not None:
+            s = self.shared
+            flops["shared_experts"] = ffn_flops(s.w_in.in_features, s.w_out.in_features, s.activation)
+        return flops
+
+    def active_params(self, stats: LayerStats | None) -> float:
+        shared = param_count(self.shared) if self.shared is not None else 0
+        return self.routed.active_params(stats) + shared

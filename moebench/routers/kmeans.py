@@ -1,0 +1,118 @@
+"""k-means routing: each token goes to the nearest of E centroids.
+
+Online spherical k-means on the layer's input, as the Routing Transformer
+clusters queries and keys (Roy et al. 2021, arXiv:2003.05997, section 4):
+tokens and centroids are unit vectors, a token's expert is the centroid of
+largest cosine similarity, and each centroid follows its tokens by an
+exponential moving average,
+    c_e <- normalize(lambda c_e + (1 - lambda) mean_{t -> e} x_t / |x_t|).
+(The paper sums its tokens; the mean keeps lambda's meaning whatever the
+batch size.) Nothing is learned by gradient: the choice is an argmax over
+fixed centroids and the combine weight is 1, as in hash routing (Roller et
+al. 2021), so this router answers how far routing by the geometry of the
+layer's input gets without a learned gate.
+
+Centroids start at E tokens of the first training batch, k-means' usual
+initialization from the data (Forgy 1965), so none starts far from all tokens.
+
+``balanced``: a per-centroid bias on the similarities, moved after each batch
+by DeepSeek-V3's loss-free rule (b_e += gamma sign(mean load - load_e),
+:func:`~moebench.routers.deepseek_moe.loss_free_bias_update`). It uses past
+loads only, so a token's expert never depends on the other tokens of its
+batch, as a Sinkhorn or capacity-balanced assignment's would (a leak on
+causal tasks; see moe/grouping.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from moebench.errors import ConfigError
+from moebench.metrics.flops import linear_flops
+from moebench.routers import ROUTERS
+from moebench.routers.base import (
+    DataStats, Router, RouterConfig, RouterContext, RouterOutput, SparseRouting,
+)
+from moebench.routers.deepseek_moe import loss_free_bias_update
+
+
+@dataclass
+class KMeansConfig(RouterConfig):
+    ema_decay: float = 0.99  # lambda; the Routing Transformer's 0.999 suits far longer runs
+    balanced: bool = False
+    bias_rate: float = 1e-3  # gamma of the balancing bias, on similarities in [-1, 1]
+
+    def __post_init__(self) -> None:
+        if self.k != 1:
+            raise ConfigError("router.k", self.k, "1 (a token goes to its nearest centroid)")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError("router.ema_decay", self.ema_decay, "0 <= ema_decay < 1")
+        if self.bias_rate < 0:
+            raise ConfigError("router.bias_rate", self.bias_rate, "a number >= 0")
+
+
+def nearest_centroid(x_TD: Tensor, centroids_ED: Tensor, bias_E: Tensor) -> Tensor:
+    """``expert_T``: the unit centroid of largest cosine similarity (+ bias) to each token."""
+    return (F.normalize(x_TD, dim=-1) @ centroids_ED.t() + bias_E).argmax(-1)
+
+
+def ema_centroids(centroids_ED: Tensor, x_TD: Tensor, expert_T: Tensor, decay: float) -> Tensor:
+    """Each centroid moved toward the mean of its unit tokens, renormalized;
+    centroids that got no token stay where they are."""
+    counts_E = torch.bincount(expert_T, minlength=centroids_ED.shape[0])
+    sums_ED = torch.zeros_like(centroids_ED).index_add_(0, expert_T, F.normalize(x_TD, dim=-1))
+    mean_ED = sums_ED / counts_E.clamp_min(1)[:, None]
+    moved_ED = F.normalize(decay * centroids_ED + (1 - decay) * mean_ED, dim=-1)
+    return torch.where(counts_E[:, None] > 0, moved_ED, centroids_ED)
+
+
+@ROUTERS.register("kmeans", KMeansConfig)
+class KMeansRouter(Router):
+    has_gate = False
+
+    def __init__(self, cfg: KMeansConfig, d_model: int, num_experts: int, data: DataStats) -> None:
+        super().__init__(cfg, d_model, num_experts, data)
+        # Buffers, not parameters: the optimizer never touches them.
+        self.register_buffer("centroids_ED", F.normalize(torch.randn(num_experts, d_model), dim=-1))
+        self.register_buffer("bias_E", torch.zeros(num_experts))
+        self.register_buffer("initialized", torch.tensor(False))
+
+    def route(self, x_TD: Tensor, ctx: RouterContext) -> RouterOutput:
+        x_TD = x_TD.detach().float()  # no gradient through the choice
+        if self.training and not self.initialized:
+            self._forgy_init(x_TD)
+        expert_T = nearest_centroid(x_TD, self.centroids_ED, self.bias_E)
+        if self.training:
+            self._ema_step(x_TD, expert_T)
+        T = expert_T.numel()
+        ones_T = torch.ones(T, device=x_TD.device)
+        routing = SparseRouting(
+            token_idx_A=torch.arange(T, device=x_TD.device),
+            expert_idx_A=expert_T,
+            weight_A=ones_T,
+            choice_A=torch.zeros_like(expert_T),
+            score_A=ones_T,
+        )
+        return RouterOutput(routing, logits_TE=None)
+
+    @torch.no_grad()
+    def _forgy_init(self, x_TD: Tensor) -> None:
+        pick = torch.randperm(x_TD.shape[0], device=x_TD.device)[: self.num_experts]
+        self.centroids_ED[: pick.numel()] = F.normalize(x_TD[pick], dim=-1)
+        self.initialized.fill_(True)
+
+    @torch.no_grad()
+    def _ema_step(self, x_TD: Tensor, expert_T: Tensor) -> None:
+        """Centroids toward their tokens, and the balancing bias from this batch's load."""
+        self.centroids_ED.copy_(ema_centroids(self.centroids_ED, x_TD, expert_T, self.cfg.ema_decay))
+        if self.cfg.balanced:
+            load_E = torch.bincount(expert_T, minlength=self.num_experts)
+            self.bias_E.copy_(loss_free_bias_update(self.bias_E, load_E, self.cfg.bias_rate))
+
+    def flops_per_token(self) -> dict[str, float]:
+        """The E cosine similarities."""
+        return {"router": linear_flops(self.centroids_ED.shape[1], self.num_experts)}
