@@ -1,0 +1,101 @@
+"""Comparison report for any subset of the results.
+
+    python -m moebench.report task=synthetic router=top1,top2 --out reports/top1-vs-top2
+    python -m moebench.report task=synthetic config.moe.capacity_factor=1.0,2.0 --out reports/cf
+
+A selection is ``KEY=VALUE[,VALUE...]`` pairs: a run is selected when, for
+every KEY, its value is one of the VALUEs. KEY is a column of the runs frame
+of :mod:`moebench.results`: ``task``, ``router`` (``dense`` selects both dense
+baselines), ``variant`` (``dense (active)``), ``setup``, ``seed``, ``status``,
+``run_id``, ``config.<key>`` for any key of the resolved config (e.g.
+``config.moe.capacity_factor``), or a metric. Numbers compare as numbers
+(``1`` selects ``1.0``). The report is the leaderboard's set of files (tables,
+figures, ``index.html``) for the selected runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+from numbers import Real
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from moebench.cli import fail
+from moebench.errors import ConfigError
+from moebench.leaderboard import check_results_dir, report_skipped, write_reports
+from moebench.results import Results, load_results
+
+EXAMPLE = "e.g. task=synthetic router=top1,top2"
+KEYS_SHOWN = ("task", "router", "variant", "setup", "seed", "status", "run_id")
+
+
+def parse_selection(args: list[str]) -> dict[str, list[str]]:
+    """``["task=synthetic", "router=top1,top2"]`` -> ``{"task": ["synthetic"], ...}``."""
+    selection: dict[str, list[str]] = {}
+    for arg in args:
+        key, sep, values = arg.partition("=")
+        if not sep or not key or not values:
+            raise ConfigError("selection", arg, f"KEY=VALUE[,VALUE...] pairs, {EXAMPLE}")
+        selection.setdefault(key, []).extend(values.split(","))
+    return selection
+
+
+def names(text: str, value: object) -> bool:
+    """Whether command-line ``text`` names ``value``: numbers as numbers,
+    booleans case-insensitively, anything else by its text."""
+    if isinstance(value, (bool, np.bool_)):
+        return text.lower() == str(value).lower()
+    if isinstance(value, Real):
+        try:
+            return float(text) == value
+        except ValueError:
+            return False
+    return text == str(value)
+
+
+def _matches(column: pd.Series, key: str, wanted: list[str]) -> pd.Series:
+    present = sorted(column.dropna().unique(), key=str)
+    for text in wanted:
+        if not any(names(text, value) for value in present):
+            raise ConfigError(key, text, ", ".join(str(v) for v in present))
+    return column.map(lambda value: any(names(text, value) for text in wanted)).astype(bool)
+
+
+def select(results: Results, selection: dict[str, list[str]]) -> Results:
+    """The runs matching every key of ``selection``; ConfigError on a key that
+    no run has, or a value that no run has."""
+    runs = results.runs
+    keep = pd.Series(True, index=runs.index)
+    for key, wanted in selection.items():
+        if key not in runs:
+            raise ConfigError(key, ",".join(wanted), f"{', '.join(KEYS_SHOWN)}, config.<key> "
+                              "(e.g. config.moe.capacity_factor), or a metric (e.g. drop_rate)")
+        keep &= _matches(runs[key], key, wanted)
+    if not keep.any():
+        raise ConfigError("selection", " ".join(f"{k}={','.join(v)}" for k, v in selection.items()),
+                          "a combination that matches at least one run")
+    return results.where(keep)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m moebench.report", description=__doc__.split("\n\n")[0],
+                                     epilog=f"selection: KEY=VALUE[,VALUE...] pairs, {EXAMPLE}")
+    parser.add_argument("selection", nargs="*", help="KEY=VALUE[,VALUE...]; none: every run")
+    parser.add_argument("--out", required=True, help="output folder, e.g. reports/top1-vs-top2")
+    parser.add_argument("--results", default="results", help="folder of run records; default: results")
+    args = parser.parse_args(argv)
+    check_results_dir(args.results)
+    try:
+        selected = select(load_results(args.results), parse_selection(args.selection))
+    except ConfigError as e:
+        fail(str(e))
+    report_skipped(selected, args.results)
+    title = f"moebench report: {' '.join(args.selection) or 'all runs'}"
+    written = write_reports(selected, Path(args.out), title)
+    print(f"wrote {len(written)} files to {args.out}/")
+
+
+if __name__ == "__main__":
+    main()

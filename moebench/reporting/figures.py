@@ -1,0 +1,226 @@
+"""Comparison figures (seaborn, long-form frames), one task at a time.
+
+Each function takes frames of one task from :mod:`moebench.results` (or the
+summary of :mod:`moebench.reporting.ranking`) and returns a matplotlib
+Figure, or None when the records do not hold its data (older records, a task
+without known clusters, no capacity sweep), so the caller simply skips it.
+Figures are built on ``matplotlib.figure.Figure`` directly, never through
+pyplot: no global figure registry, no GUI backend.
+
+Heatmaps of experts show one run per setup (the lowest seed): expert indices
+are arbitrary per seed, so an average over seeds would blur them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
+
+from moebench.reporting.render import si
+from moebench.results import Results
+
+GRID_COLUMNS = 4  # heatmap panels per row
+# A heatmap of more experts is unreadable (and a huge SVG): PEER's setups,
+# with thousands of single-neuron experts, are left out of the heatmaps.
+MAX_EXPERTS_SHOWN = 64
+
+
+def quality_label(frame: pd.DataFrame) -> str:
+    first = frame.iloc[0]
+    return f"{first['quality_metric']} ({'higher' if first['higher_is_better'] else 'lower'} is better)"
+
+
+def _figure(width: float, height: float) -> Figure:
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def palette(names: Iterable[str]) -> dict[str, tuple]:
+    """One colour per name, the same in every figure of a task."""
+    names = sorted(set(names))
+    colors = sns.color_palette("tab10" if len(names) <= 10 else "husl", len(names))
+    return dict(zip(names, colors))
+
+
+def _flops_axis(ax: Axes, flops: pd.Series) -> None:
+    """Log scale when the costs span a decade; ticks as 278k, 1.2M."""
+    if flops.max() > 10 * flops.min():
+        ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: si(value, 3)))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda value, _: ""))
+
+
+def _legend_outside(ax: Axes) -> None:
+    if ax.get_legend() is not None:
+        sns.move_legend(ax, "upper left", bbox_to_anchor=(1.02, 1), frameon=False, fontsize="small")
+
+
+def pareto_front(points: pd.DataFrame, higher_is_better: bool) -> pd.DataFrame:
+    """The points that no other point beats on both quality and FLOPs per
+    token, cheapest first: the best quality reachable at each cost."""
+    sign = 1 if higher_is_better else -1
+    ordered = points.sort_values(["flops_per_token", "quality_mean"], ascending=[True, not higher_is_better])
+    best, keep = -math.inf, []
+    for index, row in ordered.iterrows():
+        if sign * row["quality_mean"] > best:
+            best = sign * row["quality_mean"]
+            keep.append(index)
+    return ordered.loc[keep]
+
+
+def quality_vs_flops(summary: pd.DataFrame, colors: dict[str, tuple]) -> Figure | None:
+    """Mean quality (95% CI bars) against forward FLOPs per token, with the
+    Pareto front of the ranked routers; reference rows drawn as crosses."""
+    points = summary.dropna(subset=["flops_per_token", "quality_mean"])
+    if points.empty:
+        return None
+    points = points.assign(kind=np.where(points["reference"], "reference", "router"))
+    fig = _figure(9, 5)
+    ax = fig.subplots()
+    ax.errorbar(points["flops_per_token"], points["quality_mean"], yerr=points["quality_ci95"].fillna(0),
+                fmt="none", ecolor="0.6", zorder=1)
+    sns.scatterplot(data=points, x="flops_per_token", y="quality_mean", hue="setup", palette=colors,
+                    style="kind", markers={"router": "o", "reference": "X"}, s=70, ax=ax, zorder=2)
+    front = pareto_front(points[~points["reference"]], bool(points["higher_is_better"].iloc[0]))
+    ax.plot(front["flops_per_token"], front["quality_mean"], drawstyle="steps-post", color="0.3",
+            linestyle="--", linewidth=1, zorder=0)
+    ax.set(xlabel="forward FLOPs per token", ylabel=quality_label(points))
+    _flops_axis(ax, points["flops_per_token"])
+    _legend_outside(ax)
+    return fig
+
+
+def quality_curves(curves: pd.DataFrame, runs: pd.DataFrame, colors: dict[str, tuple]) -> Figure | None:
+    """Quality at each evaluation during training; band: +-1 std over seeds."""
+    if curves.empty or "quality" not in curves or curves["quality"].isna().all():
+        return None
+    fig = _figure(9, 5)
+    ax = fig.subplots()
+    sns.lineplot(data=curves, x="step", y="quality", hue="setup", palette=colors, errorbar="sd",
+                 marker="o", ax=ax)
+    ax.set(xlabel="training step", ylabel=quality_label(runs))
+    _legend_outside(ax)
+    return fig
+
+
+def drop_vs_capacity(runs: pd.DataFrame) -> Figure | None:
+    """Drop rate against the capacity factor, for routers run at several
+    factors: training drops against ``moe.capacity_factor``, evaluation drops
+    against ``moe.eval_capacity_factor``."""
+    panels = [(f"config.moe.{factor}", metric, title) for factor, metric, title in
+              [("capacity_factor", "train_drop_rate", "training"),
+               ("eval_capacity_factor", "drop_rate", "evaluation")]
+              if f"config.moe.{factor}" in runs and metric in runs
+              and runs.groupby("variant")[f"config.moe.{factor}"].nunique().max() > 1]
+    if not panels:
+        return None
+    fig = _figure(6 * len(panels) + 2, 4.5)
+    for ax, (factor, metric, title) in zip(np.atleast_1d(fig.subplots(1, len(panels))), panels):
+        swept = runs[runs.groupby("variant")[factor].transform("nunique") > 1]
+        sns.lineplot(data=swept, x=factor, y=metric, hue="variant", palette=palette(swept["variant"]),
+                     errorbar="sd", marker="o", ax=ax)
+        ax.set(title=title, xlabel=factor.removeprefix("config."), ylabel="drop rate")
+        _legend_outside(ax)
+    return fig
+
+
+def drop_by_position(positions: pd.DataFrame, colors: dict[str, tuple]) -> Figure | None:
+    """Evaluation drop rate at each sequence position; band: +-1 std over seeds."""
+    if positions.empty:
+        return None
+    fig = _figure(9, 4.5)
+    ax = fig.subplots()
+    sns.lineplot(data=positions, x="position", y="drop_rate", hue="setup", palette=colors,
+                 errorbar="sd", ax=ax)
+    ax.set(xlabel="position in the sequence", ylabel="drop rate")
+    _legend_outside(ax)
+    return fig
+
+
+def heatmap_runs(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of each setup's first run (lowest seed, then run id), for
+    setups with at most MAX_EXPERTS_SHOWN experts."""
+    firsts = frame[["setup", "seed", "run_id"]].drop_duplicates().sort_values(["seed", "run_id"])
+    frame = frame[frame["run_id"].isin(firsts.groupby("setup").head(1)["run_id"])]
+    return frame[frame.groupby("setup")["expert"].transform("nunique") <= MAX_EXPERTS_SHOWN]
+
+
+def _heatmap_grid(panels: list[tuple[str, pd.DataFrame]], columns: int, label: str,
+                  vmax: float, panel_size: tuple[float, float]) -> Figure:
+    """Heatmaps on one colour scale from 0 to ``vmax``, ``columns`` per row."""
+    rows = math.ceil(len(panels) / columns)
+    fig = _figure(panel_size[0] * columns + 1, panel_size[1] * rows)
+    axes = np.atleast_1d(fig.subplots(rows, columns, squeeze=False)).ravel()
+    for ax, (title, matrix) in zip(axes, panels):
+        sns.heatmap(matrix, ax=ax, vmin=0, vmax=vmax, cmap="viridis", cbar=False)
+        ax.set_title(title, fontsize="small")
+    for ax in axes[len(panels):]:
+        ax.set_axis_off()
+    fig.colorbar(axes[0].collections[0], ax=list(axes), label=label, shrink=0.6)
+    return fig
+
+
+def expert_load(loads: pd.DataFrame) -> Figure | None:
+    """Per setup, each expert's evaluation load over the layer's mean load."""
+    loads = heatmap_runs(loads)
+    if loads.empty:
+        return None
+    mean = loads.groupby(["setup", "layer"])["load"].transform("mean")
+    loads = loads.assign(relative=loads["load"] / mean).rename(columns={"layer": "MoE layer"})
+    panels = [(f"{setup} (seed {group['seed'].iloc[0]})",
+               group.pivot(index="expert", columns="MoE layer", values="relative"))
+              for setup, group in loads.groupby("setup")]
+    vmax = max(2.0, float(loads["relative"].max()))
+    return _heatmap_grid(panels, min(GRID_COLUMNS, len(panels)), "load / mean load", vmax, (3, 4))
+
+
+def specialization(clusters: pd.DataFrame) -> Figure | None:
+    """Per setup and layer, where each cluster's tokens go: the share of a
+    cluster's tokens whose top expert is e (each row sums to 1)."""
+    clusters = heatmap_runs(clusters)
+    if clusters.empty:
+        return None
+    share = clusters["count"] / clusters.groupby(["setup", "layer", "cluster"])["count"].transform("sum")
+    clusters = clusters.assign(share=share.fillna(0.0))
+    panels = [(f"{setup} (seed {group['seed'].iloc[0]}), MoE layer {layer}",
+               group.pivot(index="cluster", columns="expert", values="share"))
+              for (setup, layer), group in clusters.groupby(["setup", "layer"])]
+    layers = clusters["layer"].nunique()
+    return _heatmap_grid(panels, layers, "share of the cluster's tokens", 1.0, (3.5, 3))
+
+
+def task_figures(results: Results, summary: pd.DataFrame) -> list[tuple[str, str, Figure]]:
+    """(name, caption, figure) of every figure the records of each task allow."""
+    out = []
+    with sns.axes_style("whitegrid"):
+        for task in sorted(results.runs["task"].unique()):
+            def of(frame: pd.DataFrame) -> pd.DataFrame:
+                return frame[frame["task"] == task]
+
+            runs = of(results.runs)
+            colors = palette(runs["setup"])
+            candidates = [
+                ("quality_vs_flops", "quality against forward FLOPs per token (mean and 95% CI over "
+                 "seeds; dashed: Pareto front of the ranked routers; X: reference rows)",
+                 quality_vs_flops(of(summary), colors)),
+                ("quality_curves", "quality during training (band: +-1 std over seeds)",
+                 quality_curves(of(results.curves), runs, colors)),
+                ("expert_load", "load of each expert (rows) in each MoE layer (columns) during "
+                 f"evaluation, over the layer's mean load; lowest seed; setups with over "
+                 f"{MAX_EXPERTS_SHOWN} experts left out", expert_load(of(results.loads))),
+                ("drop_vs_capacity", "drop rate against the capacity factor", drop_vs_capacity(runs)),
+                ("drop_by_position", "evaluation drop rate by sequence position",
+                 drop_by_position(of(results.positions), colors)),
+                ("specialization", "where each cluster's tokens go: share routed to each expert "
+                 f"(top-1), per MoE layer; lowest seed; setups with over {MAX_EXPERTS_SHOWN} experts "
+                 "left out", specialization(of(results.clusters))),
+            ]
+            out += [(f"{task}-{name}", f"{task}: {caption}", fig)
+                    for name, caption, fig in candidates if fig is not None]
+    return out

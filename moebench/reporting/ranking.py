@@ -1,0 +1,86 @@
+"""Per-setup summaries over seeds, and ranks that show overlapping results as ties.
+
+The rule, stated in every report (:data:`RANK_RULE`): setups are sorted by
+their mean quality over seeds (best first, per the task's
+``higher_is_better``); a setup shares the rank of the one above it when their
+95% confidence intervals overlap, and otherwise takes its position in the
+order (competition ranking: 1, 1, 3). With one seed the interval is unknown,
+which counts as overlapping. The dense baselines and the oracle router are
+reference rows, not ranked (:data:`REFERENCE_ROUTERS`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+from scipy import stats
+
+RANK_RULE = ("Ranked by mean quality over seeds; a router shares the rank of the one above it when "
+             "their 95% confidence intervals (Student t over seeds) overlap; with one seed the "
+             "interval is unknown and counts as overlapping.")
+# Not routing algorithms competing on equal terms: the dense baselines do not
+# route, and the oracle routes by the true cluster, which no router can see.
+REFERENCE_ROUTERS = ("dense", "oracle")
+# Metrics averaged over seeds beside the quality, in the order reports show them.
+SUMMARY_METRICS = ("drop_rate", "load_cv", "load_max_over_mean", "flops_per_token",
+                   "active_params", "train_tokens_per_s")
+
+
+def mean_ci(values: pd.Series, confidence: float = 0.95) -> tuple[float, float]:
+    """Mean and the half-width of its Student-t confidence interval (NaN for one value)."""
+    values = values.dropna()
+    n = len(values)
+    if n < 2:
+        return (float(values.mean()) if n else math.nan), math.nan
+    half = stats.t.ppf(0.5 + confidence / 2, n - 1) * values.std(ddof=1) / math.sqrt(n)
+    return float(values.mean()), float(half)
+
+
+def summarize(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per (task, setup) of completed ``runs``: seeds, quality mean and
+    CI, the other metrics' means; ranked within each task (see module doc)."""
+    # One run per seed: the same seed run twice (say, on two machines) is one
+    # sample, and counting it twice would narrow the interval.
+    runs = runs.sort_values("run_id").drop_duplicates(["task", "setup", "seed"])
+    rows = []
+    for (task, setup), group in runs.groupby(["task", "setup"], sort=True):
+        first = group.iloc[0]
+        mean, ci = mean_ci(group["quality"])
+        rows.append({"task": task, "setup": setup, "router": first["router"],
+                     "variant": first["variant"], "quality_metric": first["quality_metric"],
+                     "higher_is_better": bool(first["higher_is_better"]),
+                     "reference": first["router"] in REFERENCE_ROUTERS, "seeds": len(group),
+                     "quality_mean": mean, "quality_ci95": ci,
+                     **{m: group[m].mean() if m in group else math.nan for m in SUMMARY_METRICS}})
+    columns = ["task", "rank", "setup", "router", "variant", "reference", "seeds", "quality_metric",
+               "higher_is_better", "quality_mean", "quality_ci95", *SUMMARY_METRICS]
+    if not rows:
+        return pd.DataFrame(columns=columns)
+    summary = pd.concat([_rank_task(frame) for _, frame in pd.DataFrame(rows).groupby("task")])
+    return summary[columns].reset_index(drop=True)
+
+
+def _rank_task(frame: pd.DataFrame) -> pd.DataFrame:
+    """Ranked setups best first, then the reference rows (rank missing)."""
+    better_high = frame["higher_is_better"].iloc[0]
+    ordered = frame.sort_values(["reference", "quality_mean", "setup"],
+                                ascending=[True, not better_high, True], na_position="last")
+    ranks: list[float] = []
+    above = None
+    for position, row in enumerate(ordered.itertuples(), start=1):
+        if row.reference:
+            ranks.append(math.nan)
+            continue
+        tied = above is not None and overlap(above.quality_mean, above.quality_ci95,
+                                             row.quality_mean, row.quality_ci95)
+        ranks.append(ranks[-1] if tied else position)
+        above = row
+    return ordered.assign(rank=pd.array(ranks, dtype="Int64"))
+
+
+def overlap(mean_a: float, ci_a: float, mean_b: float, ci_b: float) -> bool:
+    """Whether the intervals mean +- ci overlap; an unknown interval overlaps all."""
+    if math.isnan(ci_a) or math.isnan(ci_b):
+        return True
+    return abs(mean_a - mean_b) <= ci_a + ci_b
