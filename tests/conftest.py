@@ -1,11 +1,22 @@
-"""Shared fixtures."""
+"""Shared fixtures.
+
+Tests run torch on one thread: their tensors are small, so a second thread
+buys nothing and oversubscribes a busy machine (subprocesses inherit this).
+"""
 
 from __future__ import annotations
 
-import pytest
+import os
 
-from moebench.cli import load_config
-from moebench.config import RunConfig
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from moebench.cli import load_config  # noqa: E402
+from moebench.config import RunConfig  # noqa: E402
+
+torch.set_num_threads(1)
 
 
 @pytest.fixture
