@@ -4,19 +4,25 @@ Weights are stored batched, ``w_in_EDH`` and ``w_out_EFD`` (H = F, or 2F for
 SwiGLU whose gate and up projections are concatenated), so one grouped
 computation serves every expert. :func:`expert_ffn` is the single seam
 between "who routes" and "what the experts compute": rows sorted by expert
-go in, a weighted sum per token comes out. The PyTorch version here is the
-reference (CPU, and the oracle the Triton kernels are tested against).
+go in, a weighted sum per token comes out. Two implementations share that
+contract, chosen by ``moe.impl``: the Triton kernels of ``moebench.kernels``
+(CUDA tensors) and the PyTorch version here (CPU, and the oracle the Triton
+kernels are tested against).
 """
 
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from moebench.errors import ConfigError
+
 ACTIVATIONS = ("gelu", "swiglu")
+IMPLS = ("auto", "torch", "triton")
 
 
 def activate(h: Tensor, activation: str) -> Tensor:
@@ -36,23 +42,60 @@ def expert_ffn_torch(
     weight_R: Tensor,
     activation: str,
 ) -> Tensor:
-    """Reference grouped expert forward.
+    """Reference grouped expert forward: one matmul pair per expert.
 
     Rows ``r`` are sorted by expert; the first ``counts_E[0]`` belong to
     expert 0, and so on. Returns ``y_TD`` with
     ``y[t] = sum_{r: token_idx_R[r] = t} weight_R[r] * FFN_{e(r)}(x[t])``;
-    tokens with no row get zeros.
+    tokens with no row get zeros. Rows past ``counts_E.sum()`` belong to no
+    expert and are ignored (dropped assignments that a sync-free dispatch,
+    :func:`moebench.kernels.sort_by_expert`, leaves behind the kept ones).
     """
-    rows_RD = x_TD[token_idx_R]
-    out_RD = torch.empty_like(rows_RD)
-    start = 0
-    for e, n in enumerate(counts_E.tolist()):
-        if n:
-            h = activate(rows_RD[start : start + n] @ w_in_EDH[e], activation)
-            out_RD[start : start + n] = h @ w_out_EFD[e]
-        start += n
+    counts = counts_E.tolist()
+    kept = sum(counts)
+    token_idx_R, weight_R = token_idx_R[:kept], weight_R[:kept]
+    # split/unbind views rather than indexing and slice assignment: their
+    # backward is one cat/stack, where per-expert ``w[e]`` and ``out[a:b] =``
+    # would each materialise a full-size gradient (over 10x slower on CPU).
+    rows = zip(x_TD[token_idx_R].split(counts), w_in_EDH.unbind(0), w_out_EFD.unbind(0))
+    out_RD = torch.cat([activate(x_e @ w_in, activation) @ w_out for x_e, w_in, w_out in rows])
     y_TD = torch.zeros_like(x_TD)
     return y_TD.index_add(0, token_idx_R, out_RD * weight_R.to(out_RD.dtype)[:, None])
+
+
+def resolve_impl(impl: str, device: torch.device) -> str:
+    """``moe.impl`` -> the implementation that runs on tensors of ``device``."""
+    if impl not in IMPLS:
+        raise ConfigError("moe.impl", impl, IMPLS)
+    if impl == "auto":
+        return "triton" if device.type == "cuda" else "torch"
+    if impl == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ConfigError(
+            "moe.impl",
+            impl,
+            "auto or torch on CPU; triton needs CUDA tensors "
+            "(or TRITON_INTERPRET=1 set before triton is imported, for tests)",
+        )
+    return impl
+
+
+def expert_ffn(
+    x_TD: Tensor,
+    w_in_EDH: Tensor,
+    w_out_EFD: Tensor,
+    token_idx_R: Tensor,
+    counts_E: Tensor,
+    weight_R: Tensor,
+    activation: str,
+    impl: str = "auto",
+) -> Tensor:
+    """The grouped expert forward of :func:`expert_ffn_torch`, by ``moe.impl``."""
+    args = (x_TD, w_in_EDH, w_out_EFD, token_idx_R, counts_E, weight_R, activation)
+    if resolve_impl(impl, x_TD.device) == "triton":
+        from moebench.kernels import expert_ffn_triton  # imported late: triton is optional
+
+        return expert_ffn_triton(*args)
+    return expert_ffn_torch(*args)
 
 
 class Experts(nn.Module):
@@ -62,6 +105,8 @@ class Experts(nn.Module):
         self, num_experts: int, d_model: int, d_ff: int, activation: str, impl: str = "auto"
     ) -> None:
         super().__init__()
+        if impl not in IMPLS:
+            raise ConfigError("moe.impl", impl, IMPLS)
         hidden = 2 * d_ff if activation == "swiglu" else d_ff
         self.activation = activation
         self.impl = impl  # moe.impl: auto | torch | triton
@@ -78,8 +123,15 @@ class Experts(nn.Module):
     def forward(
         self, x_TD: Tensor, token_idx_R: Tensor, counts_E: Tensor, weight_R: Tensor
     ) -> Tensor:
-        return expert_ffn_torch(
-            x_TD, self.w_in_EDH, self.w_out_EFD, token_idx_R, counts_E, weight_R, self.activation
+        return expert_ffn(
+            x_TD,
+            self.w_in_EDH,
+            self.w_out_EFD,
+            token_idx_R,
+            counts_E,
+            weight_R,
+            self.activation,
+            self.impl,
         )
 
 
