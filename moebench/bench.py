@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from moebench.kernels.permute import sort_by_expert
+from moebench.moe.dispatch import sort_by_expert
 from moebench.moe.experts import FeedForward, activate, expert_ffn_torch
 from moebench.record import REPO_ROOT, environment
 from moebench.routers.token_choice import topk_routing

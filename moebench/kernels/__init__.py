@@ -1,6 +1,8 @@
-"""Triton kernels for the MoE block: permutation, grouped GEMMs, combine."""
+"""Triton kernels for the MoE block: grouped GEMMs and the combine.
+
+The sync-free permutation they consume is :func:`moebench.moe.dispatch.sort_by_expert`.
+"""
 
 from moebench.kernels.autograd import expert_ffn_triton
-from moebench.kernels.permute import Permutation, sort_by_expert
 
-__all__ = ["Permutation", "expert_ffn_triton", "sort_by_expert"]
+__all__ = ["expert_ffn_triton"]

@@ -49,7 +49,7 @@ def expert_ffn_torch(
     ``y[t] = sum_{r: token_idx_R[r] = t} weight_R[r] * FFN_{e(r)}(x[t])``;
     tokens with no row get zeros. Rows past ``counts_E.sum()`` belong to no
     expert and are ignored (dropped assignments that a sync-free dispatch,
-    :func:`moebench.kernels.sort_by_expert`, leaves behind the kept ones).
+    :func:`moebench.moe.dispatch.sort_by_expert`, leaves behind the kept ones).
     """
     counts = counts_E.tolist()
     kept = sum(counts)

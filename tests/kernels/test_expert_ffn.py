@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from moebench.errors import ConfigError
-from moebench.kernels import expert_ffn_triton, sort_by_expert
+from moebench.kernels import expert_ffn_triton
+from moebench.moe.dispatch import sort_by_expert
 from moebench.moe.experts import Experts, activate, expert_ffn_torch, resolve_impl
 
 # Widths that are no multiple of the kernels' blocks exercise their masks.

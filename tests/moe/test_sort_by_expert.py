@@ -1,10 +1,9 @@
-"""sort_by_expert keeps what plan_dispatch keeps, in the same order, without compacting."""
+"""sort_by_expert: the kept rows plan_dispatch uses, every size fixed (no compaction)."""
 
 import pytest
 import torch
 
-from moebench.kernels import sort_by_expert
-from moebench.moe.dispatch import plan_dispatch
+from moebench.moe.dispatch import plan_dispatch, sort_by_expert
 from moebench.routers.base import sparse_from_topk
 
 
