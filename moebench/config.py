@@ -57,7 +57,7 @@ class TrainerConfig:
     max_steps: int = 300
     max_tokens: Optional[int] = None
     max_train_flops: Optional[float] = None
-    batch_tokens: int = 2048  # tokens per step; examples = batch_tokens // tokens per example
+    batch_tokens: int = 1024  # tokens per step; examples = batch_tokens // tokens per example
     lr: float = 3e-3
     min_lr_ratio: float = 0.1  # cosine decay to lr * min_lr_ratio
     warmup_steps: int = 20

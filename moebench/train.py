@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from moebench.config import RunConfig, TrainerConfig
 from moebench.evaluate import batch_context, evaluate
+from moebench.metrics.causality import task_causal_leak
 from moebench.metrics.routing import RoutingAccumulator
 from moebench.models.ffn import FFNFactory
 from moebench.tasks import Task
@@ -98,7 +99,7 @@ def budget_steps(cfg: TrainerConfig, tokens_per_step: int, forward_flops_per_tok
 
 
 def curve_point(step: int, train_loss: float | None, evaluation: dict) -> dict:
-    keys = ("loss", "quality", "drop_rate", "load_cv", "routing_entropy")
+    keys = ("loss", "quality", "drop_rate", "load_cv", "routing_entropy", "diagnostics")
     point = {"step": step, "train_loss": train_loss}
     point.update({("val_loss" if k == "loss" else k): evaluation[k] for k in keys if k in evaluation})
     return point
@@ -196,5 +197,6 @@ def train(cfg: RunConfig, task: Task, router_cfg=None, init_from: nn.Module | No
         "train_time_s": train_time,
         "steps": steps_done,
         "skipped_steps": skipped,
+        **task_causal_leak(model, task, batch_size),
     })
     return TrainResult(status, metrics, curves, model)

@@ -29,3 +29,20 @@ def balance_metrics(load_E: Tensor) -> dict[str, float]:
         "load_entropy": float(entropy),
         "dead_experts": float((load_E == 0).double().mean()),
     }
+
+
+def usage_metrics(load_E: Tensor) -> dict[str, float]:
+    """Share of experts used at least once, and KL(usage || uniform) in nats.
+
+    PEER's two measures of how a pool of experts is used (He 2024,
+    arXiv:2407.04153, ablation "query batch normalization": "expert usage" and
+    "unevenness"). KL = log E - H(usage): 0 for an even load, log E when one
+    expert takes everything.
+    """
+    load_E = load_E.double()
+    total = load_E.sum()
+    if total <= 0:
+        return {"expert_usage": 0.0, "usage_kl_uniform": math.nan}
+    p_E = load_E / total
+    kl = math.log(load_E.numel()) + float((p_E * torch.log(p_E.clamp_min(1e-30))).sum())
+    return {"expert_usage": float((load_E > 0).double().mean()), "usage_kl_uniform": kl}

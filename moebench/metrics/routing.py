@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from moebench.metrics.balance import balance_metrics
+from moebench.metrics.balance import balance_metrics, usage_metrics
 from moebench.metrics.specialization import cross_counts, fixed_map_agreement, normalized_mutual_info
 from moebench.moe.block import LayerStats
 from moebench.routers.base import RouterContext, routing_entropy
@@ -27,6 +27,7 @@ class _LayerTotals:
     entropy_sum: float = 0.0
     entropy_batches: int = 0
     top_expert: list[Tensor] = field(default_factory=list)
+    diagnostics: dict[str, Tensor] = field(default_factory=dict)  # the latest values
 
 
 class RoutingAccumulator:
@@ -59,6 +60,7 @@ class RoutingAccumulator:
                 self._add_by_position(totals, s, ctx.batch_shape)
             if self.keep_tokens:
                 totals.top_expert.append(s.top_expert_T.detach().cpu())
+            totals.diagnostics.update({k: v.detach().cpu() for k, v in s.diagnostics.items()})
         if self.keep_tokens and ctx is not None and ctx.token_ids_T is not None:
             self.token_ids.append(ctx.token_ids_T.detach().reshape(-1).cpu())
         if self.keep_tokens and ctx is not None and ctx.cluster_ids_T is not None:
@@ -82,19 +84,22 @@ class RoutingAccumulator:
         scalars = [k for k, v in per_layer[0].items() if isinstance(v, float)]
         out = {key: sum(layer[key] for layer in per_layer) / len(per_layer) for key in scalars}
         hist = sum(t.hist for t in self.layers).double()
-        out["experts_per_token_share"] = (hist / hist.sum()).tolist()
+        most = int(torch.nonzero(hist).max()) if hist.any() else 0  # not all E + 1 (PEER: 10^6)
+        out["experts_per_token_share"] = (hist[: most + 1] / hist.sum()).tolist()
         if self.layers[0].dropped_L is not None:
             dropped_L = sum(t.dropped_L for t in self.layers)
             routed_L = sum(t.routed_L for t in self.layers)
             out["drop_rate_by_position"] = (dropped_L / routed_L.clamp_min(1)).tolist()
         out["per_layer"] = per_layer
+        if any(t.diagnostics for t in self.layers):
+            out["diagnostics"] = [{k: v.tolist() for k, v in t.diagnostics.items()} for t in self.layers]
         return out
 
     def _layer_summary(self, t: _LayerTotals) -> dict[str, float]:
         routed = float(t.routed_E.sum())
         out = {"drop_rate": t.dropped / routed if routed else 0.0,
                "no_expert_rate": float(t.hist[0] / t.hist.sum()),
-               **balance_metrics(t.routed_E)}
+               **balance_metrics(t.routed_E), **usage_metrics(t.routed_E)}
         if t.routed_E.numel() <= MAX_EXPERTS_LISTED:
             out["load_E"] = t.routed_E.tolist()
         if t.entropy_batches:
@@ -105,8 +110,9 @@ class RoutingAccumulator:
             if self.cluster_ids:
                 clusters_N = torch.cat(self.cluster_ids)
                 out["nmi_cluster"] = normalized_mutual_info(expert_N[reached_N], clusters_N[reached_N])
-                out["cluster_expert"] = cross_counts(clusters_N[reached_N], expert_N[reached_N],
-                                                     t.routed_E.numel()).tolist()
+                if t.routed_E.numel() <= MAX_EXPERTS_LISTED:
+                    out["cluster_expert"] = cross_counts(clusters_N[reached_N], expert_N[reached_N],
+                                                         t.routed_E.numel()).tolist()
             if self.token_ids:
                 tokens_N = torch.cat(self.token_ids)[reached_N]
                 out["nmi_token"] = normalized_mutual_info(expert_N[reached_N], tokens_N)

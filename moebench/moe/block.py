@@ -15,12 +15,16 @@ from torch import Tensor, nn
 from moebench.metrics.flops import ffn_flops, linear_flops, param_count
 from moebench.moe.dispatch import DispatchPlan, capacity, plan_dispatch
 from moebench.moe.experts import Experts
+from moebench.moe.grouping import route_by_position
 from moebench.routers.base import Router, RouterContext, RouterOutput, SoftRouting
 
 
 @dataclass
 class LayerStats:
-    """What one MoE layer did in one forward pass (all tensors detached)."""
+    """What one MoE layer did in one forward pass (all tensors detached).
+
+    A new field must also be merged over routing groups in moe/grouping.py.
+    """
 
     routed_E: Tensor  # assignments (or soft mass) per expert before capacity
     kept_E: Tensor  # after capacity
@@ -33,6 +37,10 @@ class LayerStats:
     logits_TE: Tensor | None = None
     aux_losses: dict[str, Tensor] = field(default_factory=dict)  # not detached
     on_token_loss: Callable[[Tensor], dict[str, Tensor]] | None = None
+    routing_groups: int = 1  # groups routed separately (moe/grouping.py)
+    # Router state worth following over training (loss-free balancing's
+    # biases): the metrics keep the latest value and curve points record it.
+    diagnostics: dict[str, Tensor] = field(default_factory=dict)
 
     @property
     def routed(self) -> int:
@@ -49,11 +57,13 @@ class MoEBlock(nn.Module):
         eval_capacity_factor: float,
         dropless: bool,
         drop_policy: str,
+        routing_groups: str = "all",
     ) -> None:
         super().__init__()
         self.router, self.experts, self.k = router, experts, k
         self.capacity_factor, self.eval_capacity_factor = capacity_factor, eval_capacity_factor
         self.dropless, self.drop_policy = dropless, drop_policy
+        self.routing_groups = routing_groups  # all | position (moe/grouping.py)
 
     def flops_per_token(self, stats: LayerStats | None) -> dict[str, float]:
         """Router, experts as executed (measured rows), and Soft MoE's mixing."""
@@ -62,8 +72,8 @@ class MoEBlock(nn.Module):
         d_ff = self.experts.w_out_EFD.shape[1]
         flops = dict(self.router.flops_per_token())
         flops["experts"] = stats.expert_rows / T * ffn_flops(D, d_ff, self.experts.activation)
-        if stats.soft:  # X~ = D^T X and Y = C Y~, each T x (E*S) x D
-            flops["soft_mixing"] = 2 * linear_flops(stats.expert_rows, D)
+        if stats.soft:  # X~ = D^T X and Y = C Y~, each T x (E*S) x D per group
+            flops["soft_mixing"] = 2 * linear_flops(stats.expert_rows / stats.routing_groups, D)
         return flops
 
     def active_params(self, stats: LayerStats | None) -> float:
@@ -75,6 +85,14 @@ class MoEBlock(nn.Module):
 
     def forward(self, x: Tensor, ctx: RouterContext) -> tuple[Tensor, LayerStats]:
         x_TD = x.reshape(-1, x.shape[-1])
+        if self.routing_groups == "position":
+            y_TD, stats = route_by_position(self._route, x_TD, ctx)
+        else:
+            y_TD, stats = self._route(x_TD, ctx)
+        return y_TD.reshape(x.shape), stats
+
+    def _route(self, x_TD: Tensor, ctx: RouterContext) -> tuple[Tensor, LayerStats]:
+        """Router -> dispatch -> experts -> combine for one routing group."""
         out = self.router(x_TD, ctx)
         if isinstance(out.routing, SoftRouting):
             y_TD, stats = self._soft(x_TD, out.routing)
@@ -82,7 +100,7 @@ class MoEBlock(nn.Module):
             y_TD, stats = self._sparse(x_TD, out)
         stats.logits_TE = None if out.logits_TE is None else out.logits_TE.detach()
         stats.aux_losses, stats.on_token_loss = out.aux_losses, out.on_token_loss
-        return y_TD.reshape(x.shape), stats
+        return y_TD, stats
 
     def _sparse(self, x_TD: Tensor, out: RouterOutput) -> tuple[Tensor, LayerStats]:
         T, E = x_TD.shape[0], self.experts.num_experts

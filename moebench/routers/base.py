@@ -129,14 +129,18 @@ class Router(nn.Module):
     # Whether the rule lets a token's routing depend on other tokens of the
     # same group (expert-choice, Soft MoE, BASE): then a causal model leaks.
     uses_other_tokens: bool = False
+    # Whether the router scores tokens with the linear gate; routers that do
+    # not (hash routing, Soft MoE) set False and hold no gate parameters.
+    has_gate: bool = True
 
     def __init__(self, cfg: RouterConfig, d_model: int, num_experts: int, data: DataStats) -> None:
         super().__init__()
         self.cfg = cfg
         self.num_experts = num_experts
-        self.gate = nn.Linear(d_model, num_experts, bias=False)
-        # Small init keeps early routing near uniform (Switch, section 2.4).
-        nn.init.normal_(self.gate.weight, std=0.02)
+        if self.has_gate:
+            self.gate = nn.Linear(d_model, num_experts, bias=False)
+            # Small init keeps early routing near uniform (Switch, section 2.4).
+            nn.init.normal_(self.gate.weight, std=0.02)
 
     @classmethod
     def build_layer(cls, router_cfg: RouterConfig, model_cfg, moe_cfg, data: DataStats) -> nn.Module:
@@ -157,6 +161,7 @@ class Router(nn.Module):
             eval_capacity_factor=moe_cfg.eval_capacity_factor,
             dropless=moe_cfg.dropless,
             drop_policy=moe_cfg.drop_policy,
+            routing_groups=moe_cfg.routing_groups,
         )
 
     def flops_per_token(self) -> dict[str, float]:
