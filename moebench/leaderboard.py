@@ -28,7 +28,7 @@ from omegaconf import DictConfig
 from moebench.cli import fail
 from moebench.errors import ConfigError
 from moebench.reporting.figures import task_figures
-from moebench.reporting.ranking import RANK_RULE, REFERENCE_ROUTERS, summarize
+from moebench.reporting.ranking import LEAK_TOLERANCE, RANK_RULE, REFERENCE_ROUTERS, summarize
 from moebench.reporting.render import figure_svg, html_figure, html_page, html_table, markdown_table, si
 from moebench.results import Results, load_results
 
@@ -50,7 +50,8 @@ def display_table(summary: pd.DataFrame) -> pd.DataFrame:
         return "" if pd.isna(value) else f"{100 * value:.1f}%"
 
     return pd.DataFrame({
-        "rank": [("ref" if pd.isna(r) else str(r)) for r in summary["rank"]],
+        "rank": [("leaky" if leaky else "ref" if pd.isna(r) else str(r))
+                 for r, leaky in zip(summary["rank"], summary["leaky"])],
         "router": summary["setup"],
         "seeds": summary["seeds"].astype(str),
         f"{metric} (mean ± 95% CI)": summary.apply(quality, axis=1),
@@ -79,8 +80,11 @@ def task_notes(runs: pd.DataFrame) -> list[str]:
 def general_notes(skipped: tuple[tuple[str, str], ...]) -> list[str]:
     notes = [RANK_RULE, f"Reference rows (rank 'ref'; {', '.join(REFERENCE_ROUTERS)}) are shown "
              "for comparison and not ranked: the dense baselines do not route, the oracle routes "
-             "by the true cluster. Other columns are means over seeds; drop rate and load are "
-             "measured in evaluation, tokens/s in training."]
+             "by the true cluster. Rows ranked 'leaky' are not ranked either: their measured "
+             f"causal_leak exceeded {LEAK_TOLERANCE:g}, so a position saw later tokens of its "
+             "sequence and the quality is not a fair language-modelling number. Other columns "
+             "are means over seeds; drop rate and load are measured in evaluation, tokens/s in "
+             "training."]
     notes += [f"Skipped {path}: {reason}." for path, reason in skipped]
     return notes
 

@@ -6,7 +6,9 @@ their mean quality over seeds (best first, per the task's
 95% confidence intervals overlap, and otherwise takes its position in the
 order (competition ranking: 1, 1, 3). With one seed the interval is unknown,
 which counts as overlapping. The dense baselines and the oracle router are
-reference rows, not ranked (:data:`REFERENCE_ROUTERS`).
+reference rows, not ranked (:data:`REFERENCE_ROUTERS`); so is a leaky setup,
+one whose measured ``causal_leak`` shows that a position saw later tokens of
+its sequence (moebench/metrics/causality.py): its quality is not a fair number.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ RANK_RULE = ("Ranked by mean quality over seeds; a router shares the rank of the
              "interval is unknown and counts as overlapping.")
 # Not routing algorithms competing on equal terms: the dense baselines do not
 # route, and the oracle routes by the true cluster, which no router can see.
-REFERENCE_ROUTERS = ("dense", "oracle")
+REFERENCE_ROUTERS = ("dense", "dense_total", "oracle")
+# A causal_leak (max logit change, evaluation mode) above float noise.
+LEAK_TOLERANCE = 1e-4
 # Metrics averaged over seeds beside the quality, in the order reports show them.
 SUMMARY_METRICS = ("drop_rate", "load_cv", "load_max_over_mean", "flops_per_token",
                    "active_params", "train_tokens_per_s")
@@ -47,13 +51,14 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     for (task, setup), group in runs.groupby(["task", "setup"], sort=True):
         first = group.iloc[0]
         mean, ci = mean_ci(group["quality"])
+        leaky = "causal_leak" in group and bool((group["causal_leak"] > LEAK_TOLERANCE).any())
         rows.append({"task": task, "setup": setup, "router": first["router"],
                      "variant": first["variant"], "quality_metric": first["quality_metric"],
-                     "higher_is_better": bool(first["higher_is_better"]),
-                     "reference": first["router"] in REFERENCE_ROUTERS, "seeds": len(group),
+                     "higher_is_better": bool(first["higher_is_better"]), "leaky": leaky,
+                     "reference": first["router"] in REFERENCE_ROUTERS or leaky, "seeds": len(group),
                      "quality_mean": mean, "quality_ci95": ci,
                      **{m: group[m].mean() if m in group else math.nan for m in SUMMARY_METRICS}})
-    columns = ["task", "rank", "setup", "router", "variant", "reference", "seeds", "quality_metric",
+    columns = ["task", "rank", "setup", "router", "variant", "reference", "leaky", "seeds", "quality_metric",
                "higher_is_better", "quality_mean", "quality_ci95", *SUMMARY_METRICS]
     if not rows:
         return pd.DataFrame(columns=columns)

@@ -56,3 +56,17 @@ def test_lower_is_better_ranks_the_smallest_first():
 def test_overlap_counts_touching_intervals_as_overlapping():
     assert overlap(1.0, 0.5, 2.0, 0.5) and not overlap(1.0, 0.4, 2.0, 0.5)
     assert overlap(1.0, math.nan, 5.0, 0.1)
+
+
+def test_a_leaky_setup_is_flagged_and_not_ranked():
+    runs = runs_of([("fair", "top1", [2.0, 2.01, 2.02]), ("peeks", "expert_choice", [1.0, 1.01, 1.02])],
+                   higher_is_better=False)
+    runs["causal_leak"] = [0.0, 0.0, 0.0, 0.3, 0.0, 0.0]  # one seed of "peeks" saw the future
+    summary = summarize(runs).set_index("setup")
+    assert summary.loc["peeks", "leaky"] and pd.isna(summary.loc["peeks", "rank"])
+    assert not summary.loc["fair", "leaky"] and summary.loc["fair", "rank"] == 1
+
+
+def test_dense_baselines_are_references_whatever_their_name():
+    summary = summarize(runs_of([("dense_total", "dense_total", [0.9]), ("top1", "top1", [0.5])]))
+    assert summary.set_index("setup")["rank"].isna().to_dict() == {"top1": False, "dense_total": True}
