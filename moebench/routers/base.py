@@ -222,3 +222,17 @@ def sparse_from_topk(
         choice_A=choice_A,
         score_A=score_A,
     )
+
+
+def one_expert_each(expert_T: Tensor) -> SparseRouting:
+    """Each token to one given expert with weight 1: routing by a fixed rule
+    rather than a gate (hash, k-means, the oracle), so no score to rank by."""
+    ones_T = torch.ones(expert_T.numel(), device=expert_T.device)
+    return SparseRouting(
+        token_idx_A=torch.arange(expert_T.numel(), device=expert_T.device),
+        expert_idx_A=expert_T,
+        weight_A=ones_T,
+        choice_A=torch.zeros_like(expert_T),
+        score_A=ones_T,
+    )
+

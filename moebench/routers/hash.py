@@ -22,7 +22,7 @@ from torch import Tensor
 from moebench.errors import ConfigError
 from moebench.routers import ROUTERS
 from moebench.routers.base import (
-    DataStats, Router, RouterConfig, RouterContext, RouterOutput, SparseRouting,
+    DataStats, Router, RouterConfig, RouterContext, RouterOutput, one_expert_each,
 )
 
 
@@ -69,16 +69,7 @@ class HashRouter(Router):
 
     def route(self, x_TD: Tensor, ctx: RouterContext) -> RouterOutput:
         expert_T = self.expert_V[ctx.token_ids_T]
-        T = expert_T.numel()
-        ones_T = torch.ones(T, device=x_TD.device)
-        routing = SparseRouting(
-            token_idx_A=torch.arange(T, device=x_TD.device),
-            expert_idx_A=expert_T,
-            weight_A=ones_T,
-            choice_A=torch.zeros_like(expert_T),
-            score_A=ones_T,
-        )
-        return RouterOutput(routing, logits_TE=None)
+        return RouterOutput(one_expert_each(expert_T), logits_TE=None)
 
     def flops_per_token(self) -> dict[str, float]:
         return {}  # a table lookup, no gate

@@ -35,7 +35,7 @@ from moebench.errors import ConfigError
 from moebench.metrics.flops import linear_flops
 from moebench.routers import ROUTERS
 from moebench.routers.base import (
-    DataStats, Router, RouterConfig, RouterContext, RouterOutput, SparseRouting,
+    DataStats, Router, RouterConfig, RouterContext, RouterOutput, one_expert_each,
 )
 from moebench.routers.deepseek_moe import loss_free_bias_update
 
@@ -88,16 +88,7 @@ class KMeansRouter(Router):
         expert_T = nearest_centroid(x_TD, self.centroids_ED, self.bias_E)
         if self.training:
             self._ema_step(x_TD, expert_T)
-        T = expert_T.numel()
-        ones_T = torch.ones(T, device=x_TD.device)
-        routing = SparseRouting(
-            token_idx_A=torch.arange(T, device=x_TD.device),
-            expert_idx_A=expert_T,
-            weight_A=ones_T,
-            choice_A=torch.zeros_like(expert_T),
-            score_A=ones_T,
-        )
-        return RouterOutput(routing, logits_TE=None)
+        return RouterOutput(one_expert_each(expert_T), logits_TE=None)
 
     @torch.no_grad()
     def _forgy_init(self, x_TD: Tensor) -> None:
