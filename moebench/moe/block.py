@@ -68,8 +68,8 @@ class MoEBlock(nn.Module):
     def flops_per_token(self, stats: LayerStats | None) -> dict[str, float]:
         """Router, experts as executed (measured rows), and Soft MoE's mixing."""
         assert stats is not None
-        T, (E, D, _) = stats.experts_per_token_T.numel(), self.experts.w_in_EDH.shape
-        d_ff = self.experts.w_out_EFD.shape[1]
+        T = stats.experts_per_token_T.numel()
+        _, d_ff, D = self.experts.w_out_EFD.shape
         flops = dict(self.router.flops_per_token())
         flops["experts"] = stats.expert_rows / T * ffn_flops(D, d_ff, self.experts.activation)
         if stats.soft:  # X~ = D^T X and Y = C Y~, each T x (E*S) x D per group
