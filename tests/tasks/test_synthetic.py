@@ -43,3 +43,12 @@ def test_oracle_routes_by_cluster_and_refuses_tasks_without_clusters():
     assert out.routing.expert_idx_A.tolist() == [0, 3, 1, 7]
     with pytest.raises(ConfigError, match="router.name"):
         router(torch.randn(4, 32), RouterContext())
+
+
+def test_hash_routing_does_not_know_the_clusters():
+    from moebench.routers.hash import random_hash
+    from moebench.metrics.specialization import normalized_mutual_info
+
+    t = task()
+    expert_V = random_hash(t.cfg.vocab_size, t.cfg.num_clusters, seed=0)
+    assert normalized_mutual_info(expert_V, t.cluster_V) < 0.1
