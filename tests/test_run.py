@@ -60,7 +60,7 @@ def test_budget_in_tokens_or_flops_sets_the_steps(make_config):
     cfg = make_config("trainer.max_train_flops=6e10").trainer
     # 6e10 / (3 * 1e6 FLOPs/token * 2048 tokens/step) = 9.77 -> 10 steps
     assert budget_steps(cfg, tokens_per_step=2048, forward_flops_per_token=1e6) == 10
-    result = train(make_config(*FAST, "trainer.max_tokens=20480"),
+    result = train(make_config(*FAST, "trainer.max_tokens=20480", "trainer.batch_tokens=2048"),
                    SyntheticTask(cfg=make_config().task, data=None, seed=0))
     assert result.metrics["steps"] == 10
 
