@@ -16,10 +16,9 @@ from omegaconf import MISSING
 
 from moebench.errors import ConfigError
 from moebench.moe.dispatch import DROP_POLICIES
-from moebench.moe.experts import ACTIVATIONS
+from moebench.moe.experts import ACTIVATIONS, IMPLS
 from moebench.moe.grouping import ROUTING_GROUPS, future_leak
 
-MOE_IMPLS = ("auto", "torch", "triton")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "bfloat16")
 
@@ -133,7 +132,7 @@ def validate(cfg: RunConfig) -> None:
                        ("moe.eval_capacity_factor", moe.eval_capacity_factor)]:
         _check(value > 0, key, value, "a number > 0")
     _check(moe.drop_policy in DROP_POLICIES, "moe.drop_policy", moe.drop_policy, DROP_POLICIES)
-    _check(moe.impl in MOE_IMPLS, "moe.impl", moe.impl, MOE_IMPLS)
+    _check(moe.impl in IMPLS, "moe.impl", moe.impl, IMPLS)
     _check(moe.routing_groups in ROUTING_GROUPS, "moe.routing_groups", moe.routing_groups,
            ROUTING_GROUPS)
     leak = future_leak(cfg.router.name, ROUTERS.get(cfg.router.name).cls, moe)
