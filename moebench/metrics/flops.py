@@ -61,11 +61,11 @@ def cost_metrics(model: CostedModel, layer_stats: Sequence[LayerStats | None], c
     token did not use, counted with the measured mean experts per token.
     """
     breakdown = dict(model.base_flops_per_token(context))
-    total_params = sum(p.numel() for p in model.parameters())  # type: ignore[attr-defined]
+    total_params = param_count(model)  # type: ignore[arg-type]
     active = float(total_params)
     for layer, stats in zip(model.ffn_layers(), layer_stats):
         add_into(breakdown, layer.flops_per_token(stats))
-        active += layer.active_params(stats) - sum(p.numel() for p in layer.parameters())  # type: ignore[attr-defined]
+        active += layer.active_params(stats) - param_count(layer)  # type: ignore[arg-type]
     return {
         "flops_per_token": sum(breakdown.values()),
         "flops_breakdown": breakdown,
