@@ -29,7 +29,9 @@ from moebench.cli import fail
 from moebench.errors import ConfigError
 from moebench.reporting.figures import task_figures
 from moebench.reporting.ranking import LEAK_TOLERANCE, RANK_RULE, REFERENCE_ROUTERS, summarize
-from moebench.reporting.render import figure_svg, html_figure, html_page, html_table, markdown_table, si
+from moebench.reporting.render import (
+    figure_svg, html_figure, html_page, html_table, markdown_table, mean_and_interval, si,
+)
 from moebench.results import Results, load_results
 
 log = logging.getLogger(__name__)
@@ -42,10 +44,6 @@ def display_table(summary: pd.DataFrame) -> pd.DataFrame:
     """One task's summary as the strings the Markdown and HTML tables show."""
     metric = summary["quality_metric"].iloc[0]
 
-    def quality(row: pd.Series) -> str:
-        ci = "n/a" if pd.isna(row["quality_ci95"]) else f"{row['quality_ci95']:.4f}"
-        return f"{row['quality_mean']:.4f} ± {ci}"
-
     def percent(value: float) -> str:
         return "" if pd.isna(value) else f"{100 * value:.1f}%"
 
@@ -54,7 +52,8 @@ def display_table(summary: pd.DataFrame) -> pd.DataFrame:
                  for r, leaky in zip(summary["rank"], summary["leaky"])],
         "router": summary["setup"],
         "seeds": summary["seeds"].astype(str),
-        f"{metric} (mean ± 95% CI)": summary.apply(quality, axis=1),
+        f"{metric} (mean ± 95% CI)": [mean_and_interval(m, ci) for m, ci in
+                                      zip(summary["quality_mean"], summary["quality_ci95"])],
         "drop rate": summary["drop_rate"].map(percent),
         "load CV": summary["load_cv"].map(lambda v: si(v, 3)),
         "max/mean load": summary["load_max_over_mean"].map(lambda v: si(v, 3)),

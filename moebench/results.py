@@ -9,15 +9,17 @@ never a crash.
 
 Runs are grouped into *setups*: runs of one task whose resolved configs
 agree except for the seed (and keys that do not change results, as the
-output folder). A setup is named by its router, plus every config key that
-differs between setups of the task, e.g. ``top1 (moe.capacity_factor=2.0)``,
-so seeds of different settings never pool into one mean.
+output folder). A setup is named by its router, plus every config key in
+which setups of the task differ and it departs from the task's most common
+value, e.g. ``top1`` beside ``top1 (moe.capacity_factor=2.0)``: names stay
+short where a sweep adds a few variants, and seeds of different settings
+never pool into one mean.
 """
 
 from __future__ import annotations
 
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, replace
 from numbers import Real
 from pathlib import Path
@@ -29,9 +31,10 @@ from moebench.record import SCHEMA_VERSION
 NOT_RECORDS = ("bench", "baselines")  # subfolders of results/ that hold other JSON
 STATUSES = ("completed", "diverged", "interrupted")
 # Config keys that do not change what a run measures: not part of a setup.
-# Thread count only reorders float sums (and sets the speed, as the machine does).
+# Thread count only reorders float sums (and sets the speed, as the machine does);
+# allow_leaky only permits a run that would otherwise be refused.
 IGNORED_KEYS = ("seed", "results_dir", "data.root", "data.cache_dir", "trainer.log_every_s",
-                "trainer.num_threads")
+                "trainer.num_threads", "router.allow_leaky")
 # Router options that name a variant of the router itself, shown in its name:
 # the dense baseline at the active or the total parameter count of the MoE.
 VARIANT_KEYS = {"dense": "params"}
@@ -154,7 +157,9 @@ def variant(record: dict) -> str:
 
 def setup_names(records: list[dict]) -> list[str]:
     """Each record's setup name: its variant plus the config keys in which the
-    setups of its task differ (router options compared within one router)."""
+    setups of its task differ (router options compared within one router) and
+    its value is not the task's most common one. Distinct configs get distinct
+    names: where two differ, at least one of them departs from the common value."""
     configs = [{k: v for k, v in flatten(r["config"]).items() if k not in IGNORED_KEYS}
                for r in records]
     groups: dict[tuple[str, str | None], list[dict]] = defaultdict(list)
@@ -163,13 +168,34 @@ def setup_names(records: list[dict]) -> list[str]:
         groups[r["task"], r["router"]].append(config)
     differing = {group: _differing_keys(members, router_keys=group[1] is not None)
                  for group, members in groups.items()}
+    common = {task: _most_common_values(members) for (task, router), members in groups.items()
+              if router is None}
     names = []
     for r, config in zip(records, configs):
         shown = f"router.{VARIANT_KEYS.get(r['router'])}"  # already in the variant's name
         keys = sorted((differing[r["task"], None] | differing[r["task"], r["router"]]) - {shown})
-        detail = ", ".join(f"{key}={config[key]}" for key in keys if key in config)
+        detail = ", ".join(f"{key}={config[key]}" for key in keys
+                           if key in config and _text(config[key]) != common[r["task"]][key])
         names.append(f"{variant(r)} ({detail})" if detail else variant(r))
     return names
+
+
+def _text(value: object) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+def _most_common_values(configs: list[dict]) -> dict[str, str | None]:
+    """Per key, the value more configs have than any other (None on a tie:
+    then every setup shows the key)."""
+    counts: dict[str, Counter] = defaultdict(Counter)
+    for config in configs:
+        for key, value in config.items():
+            counts[key][_text(value)] += 1
+    common: dict[str, str | None] = {}
+    for key, seen in counts.items():
+        (first, n1), *rest = seen.most_common(2)
+        common[key] = first if not rest or rest[0][1] < n1 else None
+    return common
 
 
 def _differing_keys(configs: list[dict], router_keys: bool) -> set[str]:
@@ -179,7 +205,7 @@ def _differing_keys(configs: list[dict], router_keys: bool) -> set[str]:
     for config in configs:
         for key, value in config.items():
             if key.startswith("router.") == router_keys:
-                values[key].add(json.dumps(value, sort_keys=True))
+                values[key].add(_text(value))
     return {key for key, seen in values.items() if len(seen) > 1}
 
 

@@ -74,13 +74,14 @@ def step_loss(model: nn.Module, task: Task, batch, step: int) -> tuple[Tensor, T
     """Forward one batch: (total loss, task loss, aux losses by name, MoE stats)."""
     out = model(batch.inputs, batch_context(batch, step))
     token_losses_T = task.token_losses(out.logits, batch)
-    counted = batch.loss_mask.sum() if batch.loss_mask is not None else token_losses_T.numel()
-    task_loss = token_losses_T.sum() / counted
+    counted_T = (torch.ones_like(token_losses_T, dtype=torch.bool) if batch.loss_mask is None
+                 else batch.loss_mask.reshape(-1).bool())
+    task_loss = token_losses_T.sum() / counted_T.sum()
     aux: dict[str, Tensor] = {}
     for layer, stats in enumerate(out.moe_stats):
         named = dict(stats.aux_losses)
         if stats.on_token_loss is not None:  # e.g. REINFORCE: reward = -token loss
-            named.update(stats.on_token_loss(token_losses_T.detach()))
+            named.update(stats.on_token_loss(token_losses_T.detach(), counted_T))
         for name, value in named.items():
             aux[f"{name}/{layer}"] = value
     total = task_loss + sum(aux.values(), torch.zeros((), device=task_loss.device))

@@ -36,7 +36,7 @@ class LayerStats:
     dropped_T: Tensor | None = None  # each token's assignments dropped by capacity
     logits_TE: Tensor | None = None
     aux_losses: dict[str, Tensor] = field(default_factory=dict)  # not detached
-    on_token_loss: Callable[[Tensor], dict[str, Tensor]] | None = None
+    on_token_loss: Callable[[Tensor, Tensor], dict[str, Tensor]] | None = None
     routing_groups: int = 1  # groups routed separately (moe/grouping.py)
     # Router state worth following over training (loss-free balancing's
     # biases): the metrics keep the latest value and curve points record it.

@@ -81,8 +81,9 @@ def route_by_position(
     first = groups[0]
     on_token_loss = None
     if first.on_token_loss is not None:
-        def on_token_loss(token_losses_T: Tensor) -> dict[str, Tensor]:
-            per_group = [s.on_token_loss(at(token_losses_T, pos)) for pos, s in enumerate(groups)]
+        def on_token_loss(token_losses_T: Tensor, counted_T: Tensor) -> dict[str, Tensor]:
+            per_group = [s.on_token_loss(at(token_losses_T, pos), at(counted_T, pos))
+                         for pos, s in enumerate(groups)]
             return {name: torch.stack([g[name] for g in per_group]).mean() for name in per_group[0]}
 
     merged = replace(

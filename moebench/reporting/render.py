@@ -39,6 +39,16 @@ def si(value: float, digits: int = 4) -> str:
     return f"{value:.{digits}g}"
 
 
+def mean_and_interval(mean: float, ci95: float) -> str:
+    """``723.96, 13.95`` -> ``724 ± 14``: the interval to two significant
+    digits and the mean to the same decimal place; 4 significant digits and
+    ``n/a`` when the interval is unknown (one seed)."""
+    if math.isnan(ci95) or ci95 == 0:
+        return f"{mean:.4g} ± {'n/a' if math.isnan(ci95) else 0}"
+    decimals = max(0, 1 - math.floor(math.log10(ci95)))
+    return f"{mean:.{decimals}f} ± {ci95:.{decimals}f}"
+
+
 def markdown_table(frame: pd.DataFrame) -> str:
     """A GitHub-flavoured Markdown table of a frame of strings."""
     def row(cells: list[str]) -> str:

@@ -112,10 +112,11 @@ class RouterOutput:
     logits_TE: Tensor | None  # float32; for metrics and the stability losses
     aux_losses: dict[str, Tensor] = field(default_factory=dict)
     # For routers trained from the model's loss (REINFORCE): given the
-    # detached per-token loss of this step, in the same token order as x_TD,
-    # returns further auxiliary losses. The training loop calls it after the
-    # forward pass; no global state is involved.
-    on_token_loss: Callable[[Tensor], dict[str, Tensor]] | None = None
+    # detached per-token loss of this step and which tokens have a loss at all
+    # (bool; masked LM scores only its masked positions), both in the token
+    # order of x_TD, returns further auxiliary losses. The training loop calls
+    # it after the forward pass; no global state is involved.
+    on_token_loss: Callable[[Tensor, Tensor], dict[str, Tensor]] | None = None
 
 
 class Router(nn.Module):

@@ -4,7 +4,9 @@ Expert e has an embedding c_e (here the gate's row e) and token t the
 affinity a_te = x_t . c_e. In training the tokens are assigned by a balanced
 linear assignment, maximizing sum_t a_{t, e_t} with every expert taking the
 same number of tokens, solved by an auction algorithm (Bertsekas 1988); at
-evaluation each token takes its best expert greedily. The output is
+evaluation each token takes its best expert greedily, with no capacity (the
+paper's test-time routing: an expert takes however many tokens choose it, so
+nothing is dropped and the measured load shows the imbalance). The output is
 sigmoid(a_te) * FFN_e(x_t), the paper's gate; no balance loss is needed.
 
 T not divisible by E: the first T mod E experts take ceil(T/E) tokens and
@@ -101,9 +103,10 @@ class BaseLayerRouter(Router):
 
     def route(self, x_TD: Tensor, ctx: RouterContext) -> RouterOutput:
         logits_TE = self.gate_logits(x_TD)  # affinities x_t . c_e
-        if not self.training:  # greedy: each token its best expert
-            return RouterOutput(sigmoid_gated(logits_TE, logits_TE.argmax(-1, keepdim=True)),
-                                logits_TE)
+        if not self.training:  # greedy: each token its best expert, no capacity
+            routing = sigmoid_gated(logits_TE, logits_TE.argmax(-1, keepdim=True))
+            routing.respects_capacity = True
+            return RouterOutput(routing, logits_TE)
         span = (logits_TE.max() - logits_TE.min()).item()
         expert_T = balanced_assignment(logits_TE, self.cfg.auction_eps * max(span, 1e-6))
         routing = sigmoid_gated(logits_TE, expert_T[:, None])

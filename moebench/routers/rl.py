@@ -11,7 +11,10 @@ gradient enters through the auxiliary losses as the surrogate
     L_pg = -mean_t (r_t - b_t) log pi(e_t | x_t),
 
 whose gradient is an unbiased estimate of -grad_W E[r] for any baseline b
-that does not depend on the sampled e_t (Williams 1992). Baselines:
+that does not depend on the sampled e_t (Williams 1992). The mean runs over
+the tokens that have a loss: masked LM's unmasked positions have no reward,
+so their choices take no policy gradient and do not move the baseline.
+Baselines:
 
     moving_average  b = a running mean of past batches' mean reward. It is a
                     buffer that the hook updates without gradient: module
@@ -79,8 +82,9 @@ class RLRouter(Router):
         log_pi_T = torch.log_softmax(logits_TE, dim=-1).gather(1, expert_T1).squeeze(1)
         x_TD = x_TD.detach()
 
-        def on_token_loss(token_losses_T: Tensor) -> dict[str, Tensor]:
-            return self.policy_gradient(log_pi_T, -token_losses_T, x_TD)
+        def on_token_loss(token_losses_T: Tensor, counted_T: Tensor) -> dict[str, Tensor]:
+            return self.policy_gradient(log_pi_T[counted_T], -token_losses_T[counted_T],
+                                        x_TD[counted_T])
 
         return RouterOutput(routing, logits_TE, on_token_loss=on_token_loss)
 

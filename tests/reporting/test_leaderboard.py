@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 
 from moebench.leaderboard import LeaderboardCallback, build, main
 from moebench.record import REPO_ROOT
+from moebench.reporting.render import mean_and_interval
 
 
 def read_tree(root):
@@ -42,7 +43,7 @@ def test_markdown_ranks_routers_and_shows_references_and_left_out_runs(rich_repo
     # top1 and top2 overlap (a tie at rank 1); hash is clearly below; dense rows are references.
     assert cells == [["| 1", "top1"], ["| 1", "top2"], ["| 3", "hash"],
                      ["| ref", "dense (total)"], ["| ref", "dense (active)"]]
-    assert "0.8000 ± 0.0248" in lines[0]  # t_{0.975,2} * 0.01 / sqrt(3)
+    assert "0.800 ± 0.025" in lines[0]  # t_{0.975,2} * 0.01 / sqrt(3) = 0.0248
     assert "Not ranked: 1 diverged run(s) (top2 seed 7)." in md
     assert "overlap" in md  # the tie rule is stated
     assert "Skipped runs/broken.json:" in md
@@ -79,3 +80,13 @@ def test_the_sweep_callback_writes_the_leaderboard(results_dir, make_record, tmp
     config = OmegaConf.create({"hydra": {"runtime": {"cwd": str(tmp_path)}}})
     LeaderboardCallback(results="results", out="reports").on_multirun_end(config=config)
     assert (tmp_path / "reports" / "leaderboard.md").exists()
+
+
+@pytest.mark.parametrize("mean, ci, shown", [
+    (723.9627, 13.9476, "724 ± 14"),  # perplexity
+    (3.51264, 0.03861, "3.513 ± 0.039"),  # bits per character
+    (3.67271, 0.00371, "3.6727 ± 0.0037"),
+    (0.88104, float("nan"), "0.881 ± n/a"),  # one seed
+])
+def test_quality_is_shown_to_the_precision_of_its_interval(mean, ci, shown):
+    assert mean_and_interval(mean, ci) == shown

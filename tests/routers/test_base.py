@@ -5,6 +5,8 @@ import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from moebench.moe.block import MoEBlock
+from moebench.moe.experts import Experts
 from moebench.routers.base import RouterContext
 from moebench.routers.base_layers import (
     BaseLayerConfig, BaseLayerRouter, balanced_assignment, balanced_capacities,
@@ -52,4 +54,15 @@ def test_router_balances_in_training_and_is_greedy_at_evaluation():
     torch.testing.assert_close(out.routing.weight_A, torch.sigmoid(a_A))  # sigmoid(x . c_e) gate
     out = router.eval()(x, RouterContext())
     assert torch.equal(out.routing.expert_idx_A, affinity_TE.argmax(-1))
-    assert not out.routing.respects_capacity
+
+
+def test_evaluation_is_greedy_without_capacity():
+    """The paper's test-time routing: skewed tokens all reach their best expert."""
+    torch.manual_seed(0)
+    router = BaseLayerRouter(BaseLayerConfig(name="base"), 16, 4, None)
+    block = MoEBlock(router, Experts(4, 16, 32, "gelu"), k=1, capacity_factor=1.0,
+                     eval_capacity_factor=1.0, dropless=False, drop_policy="position").eval()
+    x = torch.randn(64, 16) + 3 * router.gate.weight[0] / router.gate.weight[0].norm()
+    _, stats = block(x, RouterContext())
+    assert stats.kept_E.max() > 16  # over the capacity ceil(1.0 * 64 / 4) = 16 ...
+    assert stats.dropped == 0 and torch.all(stats.experts_per_token_T == 1)  # ... yet nothing dropped

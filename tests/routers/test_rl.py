@@ -10,6 +10,7 @@ from moebench.routers.rl import RLConfig, RLRouter
 THETA_E = torch.tensor([0.5, -0.3, 1.0, 0.0])  # the policy's logits
 REWARD_E = torch.tensor([1.0, 0.0, 2.0, -1.0])  # reward of each arm
 T = 200_000
+ALL_2 = torch.tensor([True, True])
 
 
 def bandit_router(**options) -> RLRouter:
@@ -26,7 +27,8 @@ def estimated_gradient(router: RLRouter) -> torch.Tensor:
     x_TD[:, 0] = 1.0
     out = router(x_TD, RouterContext())
     arm_T = out.routing.expert_idx_A
-    losses = {**out.aux_losses, **out.on_token_loss(-REWARD_E[arm_T])}  # reward = -token loss
+    reward_T = REWARD_E[arm_T]
+    losses = {**out.aux_losses, **out.on_token_loss(-reward_T, torch.ones(T, dtype=torch.bool))}
     router.zero_grad()
     sum(losses.values()).backward()
     return router.gate.weight.grad[:, 0].clone()
@@ -67,7 +69,26 @@ def test_moving_average_baseline_is_a_buffer_updated_by_the_hook():
     assert "reward_mean" in dict(router.named_buffers())
     assert "reward_mean" not in dict(router.named_parameters())  # the optimizer does not own it
     out = router(torch.eye(4)[[0, 0]], RouterContext())
-    out.on_token_loss(torch.tensor([-1.0, -3.0]))  # rewards 1 and 3: starts at their mean
+    out.on_token_loss(torch.tensor([-1.0, -3.0]), ALL_2)  # rewards 1 and 3: starts at their mean
     assert float(router.reward_mean) == 2.0
-    out.on_token_loss(torch.tensor([-4.0, -4.0]))
+    out.on_token_loss(torch.tensor([-4.0, -4.0]), ALL_2)
     assert float(router.reward_mean) == 3.0  # 0.5 * 2 + 0.5 * 4
+
+
+def test_tokens_without_a_loss_take_no_policy_gradient():
+    """Masked LM: an uncounted token's loss is a placeholder 0, not a reward."""
+    torch.manual_seed(0)
+    router = bandit_router(baseline_decay=0.5)
+    x_TD = torch.eye(4)[[0, 0, 0]]
+    out = router(x_TD, RouterContext())
+    losses = out.on_token_loss(torch.tensor([-1.0, 0.0, -3.0]), torch.tensor([True, False, True]))
+    assert float(router.reward_mean) == 2.0  # the uncounted token's 0 is not averaged in
+    router.zero_grad()
+    losses["policy_gradient"].backward()
+    hook_grad = router.gate.weight.grad.clone()
+    # By hand: rewards 1 and 3 against their mean 2 (the first batch's baseline), over 2 tokens.
+    log_pi_T = torch.log_softmax(router.gate_logits(x_TD), -1)
+    log_pi_T = log_pi_T.gather(1, out.routing.expert_idx_A[:, None]).squeeze(1)
+    router.zero_grad()
+    (-((torch.tensor([1.0, 3.0]) - 2.0) * log_pi_T[[0, 2]]).mean()).backward()
+    torch.testing.assert_close(hook_grad, router.gate.weight.grad)
