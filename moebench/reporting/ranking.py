@@ -2,10 +2,13 @@
 
 The rule, stated in every report (:data:`RANK_RULE`): setups are sorted by
 their mean quality over seeds (best first, per the task's
-``higher_is_better``); a setup shares the rank of the one above it when their
-95% confidence intervals overlap, and otherwise takes its position in the
-order (competition ranking: 1, 1, 3). With one seed the interval is unknown,
-which counts as overlapping. The dense baselines and the oracle router are
+``higher_is_better``); a setup's rank is 1 + the number of setups clearly
+better than it, those whose 95% confidence interval lies wholly on the
+better side of its own (so 1, 1, 3 where two tie and a third is clearly
+behind both), and never better than the rank of the setup above it. Ties do
+not chain: a setup that overlaps its neighbour but is clearly behind the
+leader does not share the leader's rank. With one seed the interval is
+unknown, and nothing is clearly better or worse than it. The dense baselines and the oracle router are
 reference rows, not ranked (:data:`REFERENCE_ROUTERS`); so is a leaky setup,
 one whose measured ``causal_leak`` shows that a position saw later tokens of
 its sequence (moebench/metrics/causality.py): its quality is not a fair number.
@@ -18,9 +21,10 @@ import math
 import pandas as pd
 from scipy import stats
 
-RANK_RULE = ("Ranked by mean quality over seeds; a router shares the rank of the one above it when "
-             "their 95% confidence intervals (Student t over seeds) overlap; with one seed the "
-             "interval is unknown and counts as overlapping.")
+RANK_RULE = ("Ranked by mean quality over seeds; a router's rank is 1 + the number of routers "
+             "clearly better than it (95% confidence intervals, Student t over seeds, that do not "
+             "overlap), and never better than the rank above it, so overlapping results are ties; "
+             "with one seed the interval is unknown and nothing is clearly better or worse.")
 # Not routing algorithms competing on equal terms: the dense baselines do not
 # route, and the oracle routes by the true cluster, which no router can see.
 REFERENCE_ROUTERS = ("dense", "dense_total", "oracle")
@@ -72,15 +76,15 @@ def _rank_task(frame: pd.DataFrame) -> pd.DataFrame:
     ordered = frame.sort_values(["reference", "quality_mean", "setup"],
                                 ascending=[True, not better_high, True], na_position="last")
     ranks: list[float] = []
-    above = None
-    for position, row in enumerate(ordered.itertuples(), start=1):
+    above: list = []  # the ranked setups so far, best first
+    for row in ordered.itertuples():
         if row.reference:
             ranks.append(math.nan)
             continue
-        tied = above is not None and overlap(above.quality_mean, above.quality_ci95,
-                                             row.quality_mean, row.quality_ci95)
-        ranks.append(ranks[-1] if tied else position)
-        above = row
+        clearly_better = sum(not overlap(a.quality_mean, a.quality_ci95, row.quality_mean, row.quality_ci95)
+                             for a in above)
+        ranks.append(max(1 + clearly_better, ranks[-1] if above else 1))
+        above.append(row)
     return ordered.assign(rank=pd.array(ranks, dtype="Int64"))
 
 

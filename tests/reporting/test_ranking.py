@@ -41,6 +41,16 @@ def test_overlapping_intervals_tie_and_separated_ones_do_not():
     assert summary["seeds"].tolist() == [3, 3, 3, 1, 3]
 
 
+def test_ties_do_not_chain():
+    summary = summarize(runs_of([
+        ("a", "a", [0.90, 0.91, 0.92]),  # 0.91 +- 0.025
+        ("b", "b", [0.88, 0.89, 0.90]),  # overlaps a: rank 1
+        ("c", "c", [0.85, 0.86, 0.87]),  # overlaps b, but clearly behind a: rank 2, not 1
+        ("d", "d", [0.82, 0.83, 0.84]),  # clearly behind a and b, overlaps c: rank 3
+    ]))
+    assert summary["rank"].tolist() == [1, 1, 2, 3]
+
+
 def test_a_seed_run_twice_counts_once():
     runs = runs_of([("a", "a", [0.9, 0.8])])
     runs = pd.concat([runs, runs.iloc[[0]]]).assign(run_id=["r1", "r2", "r3"])
