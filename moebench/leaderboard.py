@@ -28,7 +28,7 @@ from omegaconf import DictConfig
 from moebench.cli import fail
 from moebench.errors import ConfigError
 from moebench.reporting.figures import task_figures
-from moebench.reporting.ranking import LEAK_TOLERANCE, RANK_RULE, REFERENCE_ROUTERS, summarize
+from moebench.reporting.ranking import LEAK_TOLERANCE, RANK_RULE, REFERENCE_ROUTERS, mean_ci, summarize
 from moebench.reporting.render import (
     figure_svg, html_figure, html_page, html_table, markdown_table, mean_and_interval, si,
 )
@@ -67,6 +67,13 @@ def task_notes(runs: pd.DataFrame) -> list[str]:
     """What a reader of one task's table must know: direction, exclusions."""
     metric, higher_is_better = runs["quality_metric"].iloc[0], runs["higher_is_better"].iloc[0]
     notes = [f"{'Higher' if higher_is_better else 'Lower'} {metric} is better."]
+    completed = runs[runs["status"] == "completed"]
+    if "oracle_quality" in completed and completed["oracle_quality"].notna().any():
+        # The oracle trains beside every run at its budget: one value per seed.
+        per_seed = completed.groupby("seed")["oracle_quality"].mean().dropna()
+        mean, ci = mean_ci(per_seed)
+        notes.append(f"Oracle routing (each token to its true cluster's expert, same model and "
+                     f"budget): {metric} {mean_and_interval(mean, ci)} over {len(per_seed)} seed(s).")
     left_out = runs[runs["status"] != "completed"]
     if not left_out.empty:
         counts = left_out["status"].value_counts().sort_index()

@@ -23,6 +23,8 @@ class OracleConfig(RouterConfig):
 
 @ROUTERS.register("oracle", OracleConfig)
 class OracleRouter(Router):
+    has_gate = False  # a table lookup: no parameters, so none counted in active_params
+
     def route(self, x_TD: Tensor, ctx: RouterContext) -> RouterOutput:
         if ctx.cluster_ids_T is None:
             raise ConfigError("router.name", "oracle", "tasks that know latent clusters (task=synthetic)")

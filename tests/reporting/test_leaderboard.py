@@ -90,3 +90,13 @@ def test_the_sweep_callback_writes_the_leaderboard(results_dir, make_record, tmp
 ])
 def test_quality_is_shown_to_the_precision_of_its_interval(mean, ci, shown):
     assert mean_and_interval(mean, ci) == shown
+
+
+def test_the_oracle_quality_is_noted_under_its_task(results_dir, make_record, tmp_path):
+    records = [make_record(router, seed=seed, oracle_quality=oracle)
+               for router in ("top1", "top2") for seed, oracle in ((0, 0.90), (1, 0.92), (2, 0.94))]
+    build(results_dir(*records), tmp_path / "reports")
+    md = (tmp_path / "reports" / "leaderboard.md").read_text()
+    # mean 0.92; t_{0.975,2} * 0.02 / sqrt(3) = 0.0497
+    assert "Oracle routing (each token to its true cluster's expert, same model and budget): " \
+           "accuracy 0.920 ± 0.050 over 3 seed(s)." in md

@@ -41,6 +41,7 @@ def test_oracle_routes_by_cluster_and_refuses_tasks_without_clusters():
     clusters = torch.tensor([0, 3, 9, 15])
     out = router(torch.randn(4, 32), RouterContext(cluster_ids_T=clusters))
     assert out.routing.expert_idx_A.tolist() == [0, 3, 1, 7]
+    assert list(router.parameters()) == [] and router.flops_per_token() == {}
     with pytest.raises(ConfigError, match="router.name"):
         router(torch.randn(4, 32), RouterContext())
 
