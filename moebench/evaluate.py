@@ -46,8 +46,7 @@ def evaluate(model: nn.Module, task: Task, split: str, cfg: RunConfig, batch_siz
         ctx = batch_context(batch, step=-1)
         out = model(batch.inputs, ctx)
         losses_T = task.token_losses(out.logits, batch)
-        mask_T = (torch.ones_like(losses_T) if batch.loss_mask is None
-                  else batch.loss_mask.reshape(-1).to(losses_T.dtype))
+        mask_T = batch.counted_T().to(losses_T.dtype)
         hits_T = (out.logits.reshape(losses_T.numel(), -1).argmax(-1) == batch.targets.reshape(-1))
         loss_sum += float(losses_T.sum())
         correct += float((hits_T * mask_T).sum())

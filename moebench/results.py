@@ -166,9 +166,11 @@ def setup_names(records: list[dict]) -> list[str]:
     for r, config in zip(records, configs):
         groups[r["task"], None].append(config)
         groups[r["task"], r["router"]].append(config)
-    differing = {group: _differing_keys(members, router_keys=group[1] is not None)
-                 for group, members in groups.items()}
-    common = {task: _most_common_values(members) for (task, router), members in groups.items()
+    counts = {group: _value_counts(members) for group, members in groups.items()}
+    differing = {group: {key for key, seen in counted.items()
+                         if len(seen) > 1 and key.startswith("router.") == (group[1] is not None)}
+                 for group, counted in counts.items()}
+    common = {task: _most_common(counted) for (task, router), counted in counts.items()
               if router is None}
     names = []
     for r, config in zip(records, configs):
@@ -184,29 +186,24 @@ def _text(value: object) -> str:
     return json.dumps(value, sort_keys=True)
 
 
-def _most_common_values(configs: list[dict]) -> dict[str, str | None]:
-    """Per key, the value more configs have than any other (None on a tie:
-    then every setup shows the key)."""
+def _value_counts(configs: list[dict]) -> dict[str, Counter]:
+    """Per key, how many configs have each value; a key missing from older
+    records (added to the schema since) differs from nothing."""
     counts: dict[str, Counter] = defaultdict(Counter)
     for config in configs:
         for key, value in config.items():
             counts[key][_text(value)] += 1
+    return counts
+
+
+def _most_common(counts: dict[str, Counter]) -> dict[str, str | None]:
+    """Per key, the value more configs have than any other (None on a tie:
+    then every setup shows the key)."""
     common: dict[str, str | None] = {}
     for key, seen in counts.items():
         (first, n1), *rest = seen.most_common(2)
         common[key] = first if not rest or rest[0][1] < n1 else None
     return common
-
-
-def _differing_keys(configs: list[dict], router_keys: bool) -> set[str]:
-    """Keys with two or more values among the configs that have them: a key
-    missing from older records (added to the schema since) differs from nothing."""
-    values: dict[str, set[str]] = defaultdict(set)
-    for config in configs:
-        for key, value in config.items():
-            if key.startswith("router.") == router_keys:
-                values[key].add(_text(value))
-    return {key for key, seen in values.items() if len(seen) > 1}
 
 
 def _scalars(metrics: dict) -> dict[str, float]:

@@ -74,8 +74,7 @@ def step_loss(model: nn.Module, task: Task, batch, step: int) -> tuple[Tensor, T
     """Forward one batch: (total loss, task loss, aux losses by name, MoE stats)."""
     out = model(batch.inputs, batch_context(batch, step))
     token_losses_T = task.token_losses(out.logits, batch)
-    counted_T = (torch.ones_like(token_losses_T, dtype=torch.bool) if batch.loss_mask is None
-                 else batch.loss_mask.reshape(-1).bool())
+    counted_T = batch.counted_T()
     task_loss = token_losses_T.sum() / counted_T.sum()
     aux: dict[str, Tensor] = {}
     for layer, stats in enumerate(out.moe_stats):

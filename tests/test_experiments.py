@@ -1,18 +1,12 @@
 """The sweeps in conf/experiment/: each composes, every value it sweeps
 composes and validates, and the leaderboard covers what it promises."""
 
-from pathlib import Path
-
 import pytest
 from hydra import compose, initialize_config_dir
 
-from moebench.cli import CONF_DIR, load_config, register_all
+from moebench.cli import CONF_DIR, group_options, load_config, register_all
 
-EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
-
-
-def stems(group: str) -> set[str]:
-    return {p.stem for p in Path(CONF_DIR, group).glob("*.yaml")}
+EXPERIMENTS = group_options("experiment")
 
 
 def sweep_params(experiment: str) -> dict[str, list[str]]:
@@ -34,8 +28,8 @@ def test_every_swept_value_composes(experiment):
 def test_the_leaderboard_sweeps_every_router_and_standard_task_over_three_seeds():
     params = sweep_params("leaderboard")
     # enwik8's file is the user's to supply; the oracle is the synthetic task's reference.
-    assert set(params["task"]) == stems("task") - {"enwik8"}
-    assert set(params["router"]) == stems("router") - {"oracle"}
+    assert set(params["task"]) == set(group_options("task")) - {"enwik8"}
+    assert set(params["router"]) == set(group_options("router")) - {"oracle"}
     assert len(set(params["seed"])) >= 3
     cfg = load_config("+experiment=leaderboard")
     assert (cfg.model.name, cfg.trainer.num_threads, cfg.results_dir) == ("tiny", 1, "results/runs")

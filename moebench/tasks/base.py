@@ -41,6 +41,12 @@ class Batch:
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
         return Batch(**{k: None if v is None else v.to(device) for k, v in moved.items()})
 
+    def counted_T(self) -> Tensor:
+        """Bool per target, flattened in the layers' token order: whether it has a loss."""
+        if self.loss_mask is None:
+            return torch.ones(self.targets.numel(), dtype=torch.bool, device=self.targets.device)
+        return self.loss_mask.reshape(-1).bool()
+
 
 class Task(ABC):
     #: Name of the headline metric in the run record, e.g. "bpc", "perplexity".
