@@ -8,7 +8,9 @@ CI over seeds, with drop rate, load balance, FLOPs, parameters and speed),
 figures on one self-contained page) and ``figures/*.svg``. The output is a
 pure function of the records: regenerating gives byte-identical files.
 Only completed runs are ranked; diverged and interrupted runs are counted in
-a note under their task's table. A sweep ends with a fresh leaderboard when
+a note under their task's table. The files are replaced all together or not
+at all (:mod:`moebench.reporting.output`), and never by a leaderboard of no
+records. A sweep ends with a fresh leaderboard when
 :class:`LeaderboardCallback` is among Hydra's callbacks.
 """
 
@@ -28,6 +30,7 @@ from omegaconf import DictConfig
 from moebench.cli import fail
 from moebench.errors import ConfigError
 from moebench.reporting.figures import task_figures
+from moebench.reporting.output import write_files
 from moebench.reporting.ranking import LEAK_TOLERANCE, RANK_RULE, REFERENCE_ROUTERS, mean_ci, summarize
 from moebench.reporting.render import (
     figure_svg, html_figure, html_page, html_table, markdown_table, mean_and_interval, si,
@@ -131,24 +134,17 @@ def html_report(title: str, notes: list[str], sections: list[Section],
 
 
 def write_reports(results: Results, out: Path, title: str = TITLE) -> list[Path]:
-    """Write the leaderboard files and figures of ``results`` into ``out``."""
+    """Write the leaderboard files and figures of ``results`` into ``out``,
+    removing figures of tasks no longer in the results; all or nothing."""
     ranked = results.where(results.runs["status"] == "completed")
     summary = summarize(ranked.runs)
     figures = [(name, caption, figure_svg(fig)) for name, caption, fig in task_figures(ranked, summary)]
     notes, sections = general_notes(results.skipped), task_sections(results, summary)
-
-    figure_dir = out / "figures"
-    figure_dir.mkdir(parents=True, exist_ok=True)
-    for stale in figure_dir.glob("*.svg"):  # figures of tasks no longer in the results
-        stale.unlink()
-    texts = {out / "leaderboard.md": markdown(title, notes, sections),
-             out / "leaderboard.csv": summary.to_csv(index=False, lineterminator="\n"),
-             out / "index.html": html_report(title, notes, sections, figures)}
-    for path, text in texts.items():
-        path.write_text(text, encoding="utf-8")
-    for name, _, svg in figures:
-        (figure_dir / f"{name}.svg").write_bytes(svg)
-    return [*texts, *(figure_dir / f"{name}.svg" for name, _, _ in figures)]
+    files = {"leaderboard.md": markdown(title, notes, sections).encode(),
+             "leaderboard.csv": summary.to_csv(index=False, lineterminator="\n").encode(),
+             "index.html": html_report(title, notes, sections, figures).encode(),
+             **{f"figures/{name}.svg": svg for name, _, svg in figures}}
+    return write_files(out, files, owned="figures/*.svg")
 
 
 def report_skipped(results: Results, results_dir: str | Path) -> None:
@@ -156,11 +152,20 @@ def report_skipped(results: Results, results_dir: str | Path) -> None:
         print(f"skipped {Path(results_dir) / path}: {reason}", file=sys.stderr)
 
 
-def build(results_dir: str | Path, out: str | Path) -> list[Path]:
-    """Load every record under ``results_dir`` and write the leaderboard to ``out``."""
+def load(results_dir: str | Path) -> Results:
+    """The records under ``results_dir``, skipped files reported on stderr;
+    ConfigError when none is valid: an empty or mistyped folder must not
+    replace the reports with nothing."""
     results = load_results(results_dir)
     report_skipped(results, results_dir)
-    return write_reports(results, Path(out))
+    if results.runs.empty:
+        raise ConfigError("--results", str(results_dir), "a folder holding at least one valid run record")
+    return results
+
+
+def build(results_dir: str | Path, out: str | Path) -> list[Path]:
+    """Load every record under ``results_dir`` and write the leaderboard to ``out``."""
+    return write_reports(load(results_dir), Path(out))
 
 
 def check_results_dir(path: str) -> None:
@@ -176,7 +181,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="reports", help="output folder; default: reports")
     args = parser.parse_args(argv)
     check_results_dir(args.results)
-    written = build(args.results, args.out)
+    try:
+        written = build(args.results, args.out)
+    except ConfigError as e:
+        fail(f"{e} ({args.out}/ left as it is)")
     print(f"wrote {len(written)} files to {args.out}/")
 
 

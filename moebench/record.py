@@ -7,12 +7,13 @@ fails rather than overwrite an existing record.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+import math
 import os
 import platform
 import subprocess
-import tempfile
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,6 +22,12 @@ import torch
 
 SCHEMA_VERSION = 1
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# Config keys that do not change what a run measures: where its files are,
+# how often it logs, its thread count (which only reorders float sums), and
+# allow_leaky (which only permits a run that would otherwise be refused).
+# Left out of the config hash, and out of a setup's identity (results.py).
+RESULT_NEUTRAL_KEYS = ("results_dir", "data.root", "data.cache_dir", "trainer.log_every_s",
+                       "trainer.num_threads", "router.allow_leaky")
 
 
 def _git(*args: str) -> str | None:
@@ -54,9 +61,16 @@ def environment(device: str) -> dict:
 def config_hash(config: dict) -> str:
     """A short, stable digest of a resolved config: the identity of a run.
 
-    ``results_dir`` is left out: it says where a record goes, not what ran.
+    Only keys that change the result count, so a rerun on another machine
+    (another data folder, cache or thread count) finds the runs already done.
     """
-    identity = {k: v for k, v in config.items() if k != "results_dir"}
+    identity = copy.deepcopy(config)
+    for key in RESULT_NEUTRAL_KEYS:
+        *parents, leaf = key.split(".")
+        node = identity
+        for parent in parents:
+            node = node.get(parent) or {}
+        node.pop(leaf, None)
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -76,15 +90,31 @@ def find_completed(results_dir: str | Path, digest: str) -> Path | None:
     return None
 
 
+def finite_or_none(value: object) -> object:
+    """``value`` with every NaN or infinite float (a diverged run's loss) as None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(v) for v in value]
+    return value
+
+
 def write_record(record: dict, results_dir: str | Path) -> Path:
-    """Write ``record`` as ``<results_dir>/<run_id>.json``; never overwrite."""
+    """Write ``record`` as ``<results_dir>/<run_id>.json``; never overwrite.
+
+    Strict JSON: NaN and infinities are written as null. The file's mode
+    follows the umask, as any file the user creates.
+    """
     directory = Path(results_dir)
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"{record['run_id']}.json"
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+    tmp = directory / f".tmp-{uuid.uuid4().hex}.json"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(record, f, indent=1, sort_keys=True, allow_nan=True)
+            json.dump(finite_or_none(record), f, indent=1, sort_keys=True, allow_nan=False)
             f.flush()
             os.fsync(f.fileno())
         os.link(tmp, final)  # raises FileExistsError instead of overwriting

@@ -52,10 +52,11 @@ from scipy import stats
 from moebench.cli import explain, fail, load_config
 from moebench.config import RunConfig
 from moebench.errors import ConfigError, DataError
+from moebench.interrupt import exit_stopped
 from moebench.record import REPO_ROOT
 from moebench.results import read_records
 from moebench.routers import ROUTERS
-from moebench.run import run
+from moebench.run import interrupted_by, run
 from moebench.tasks import TASKS
 
 BASELINE = REPO_ROOT / "results" / "baselines" / "regress.json"
@@ -159,14 +160,19 @@ def run_slice(routers: list[str], tasks: list[str], seeds: list[int],
                 started = time.perf_counter()
                 cfg = slice_config(router, task, seed, data_root, tmp)
                 with contextlib.redirect_stdout(io.StringIO()):  # run() prints a summary per run
-                    run(cfg)
+                    path = run(cfg)
+                if stopped_by := interrupted_by(path):  # Ctrl-C: the slice stops, not just this run
+                    exit_stopped(stopped_by)
                 print(f"[{i}/{len(jobs)}] {task}/{router} seed {seed}: "
                       f"{time.perf_counter() - started:.1f}s", file=sys.stderr)
             records, skipped = read_records(tmp)
     finally:
         torch.set_num_threads(threads)
+    for path, reason in skipped:  # e.g. a completed run without a finite quality
+        print(f"REGRESSION: the slice wrote a record the results loader rejects ({path}: {reason})",
+              file=sys.stderr)
     if skipped:
-        raise RuntimeError(f"the slice wrote unreadable records: {skipped}")
+        raise SystemExit(1)
     by_run: dict[str, dict[int, dict]] = {}
     for _, record in records:
         by_run.setdefault(f"{record['task']}/{record['router']}", {})[record["seed"]] = measure(record)

@@ -24,8 +24,8 @@ import pandas as pd
 
 from moebench.cli import fail
 from moebench.errors import ConfigError
-from moebench.leaderboard import check_results_dir, report_skipped, write_reports
-from moebench.results import Results, load_results
+from moebench.leaderboard import check_results_dir, load, write_reports
+from moebench.results import Results
 
 EXAMPLE = "e.g. task=synthetic router=top1,top2"
 KEYS_SHOWN = ("task", "router", "variant", "setup", "seed", "status", "run_id")
@@ -88,10 +88,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     check_results_dir(args.results)
     try:
-        selected = select(load_results(args.results), parse_selection(args.selection))
+        selected = select(load(args.results), parse_selection(args.selection))
     except ConfigError as e:
         fail(str(e))
-    report_skipped(selected, args.results)
     title = f"moebench report: {' '.join(args.selection) or 'all runs'}"
     written = write_reports(selected, Path(args.out), title)
     print(f"wrote {len(written)} files to {args.out}/")

@@ -4,8 +4,17 @@ leaderboard, the comparison reports and the regression check.
 Every ``*.json`` under the results folder is read (sorted, so the frames do
 not depend on the file system's order), except the folders in
 :data:`NOT_RECORDS`. A file that is not a valid record of
-:data:`~moebench.record.SCHEMA_VERSION` is skipped and reported by path,
-never a crash.
+:data:`~moebench.record.SCHEMA_VERSION` is skipped and reported by path with
+the reason, never a crash or a hang: not a regular file (a FIFO would block),
+not JSON, nested deeper than :data:`MAX_DEPTH`, a ``task`` or ``router`` that
+is not a :data:`NAME` (the task names figure files), a completed run whose
+quality is not a finite number, or a quality metric other than the one of
+its task's other records (a mean or a rank over two metrics means nothing).
+
+Missing numbers: older records hold bare ``NaN`` and ``Infinity``, newer
+ones ``null``; both read as missing (NaN in the frames). A diverged or
+interrupted run's quality may be missing: it is counted under its task,
+never ranked.
 
 Runs are grouped into *setups*: runs of one task whose resolved configs
 agree except for the seed (and keys that do not change results, as the
@@ -19,6 +28,8 @@ never pool into one mean.
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, replace
 from numbers import Real
@@ -26,23 +37,25 @@ from pathlib import Path
 
 import pandas as pd
 
-from moebench.record import SCHEMA_VERSION
+from moebench.record import RESULT_NEUTRAL_KEYS, SCHEMA_VERSION
 
 NOT_RECORDS = ("bench", "baselines")  # subfolders of results/ that hold other JSON
 STATUSES = ("completed", "diverged", "interrupted")
-# Config keys that do not change what a run measures: not part of a setup.
-# Thread count only reorders float sums (and sets the speed, as the machine does);
-# allow_leaky only permits a run that would otherwise be refused.
-IGNORED_KEYS = ("seed", "results_dir", "data.root", "data.cache_dir", "trainer.log_every_s",
-                "trainer.num_threads", "router.allow_leaky")
+# Config keys that do not change what a run measures (record.RESULT_NEUTRAL_KEYS
+# says why): not part of a setup; the seed tells the runs of a setup apart.
+IGNORED_KEYS = ("seed", *RESULT_NEUTRAL_KEYS)
 # Router options that name a variant of the router itself, shown in its name:
 # the dense baseline at the active or the total parameter count of the MoE.
 VARIANT_KEYS = {"dense": "params"}
 ID_COLUMNS = ["run_id", "task", "setup", "seed"]
+# What a task or router name may be: a file name on any system, and no path.
+NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+# Records nest 6 deep; far deeper ones would exhaust Python's stack when read.
+MAX_DEPTH = 32
 
 _TOP_LEVEL = {"schema_version": int, "run_id": str, "status": str, "router": str, "task": str,
               "seed": int, "config": dict, "env": dict, "metrics": dict, "curves": list}
-_METRICS = {"quality_metric": str, "higher_is_better": bool, "quality": Real}
+_METRICS = {"quality_metric": str, "higher_is_better": bool}
 
 
 class RecordError(ValueError):
@@ -58,7 +71,7 @@ class Results:
     loads: pd.DataFrame  # (run, layer, expert, load): metrics.per_layer[i].load_E
     positions: pd.DataFrame  # (run, position, drop_rate): metrics.drop_rate_by_position
     clusters: pd.DataFrame  # (run, layer, cluster, expert, count): per_layer[i].cluster_expert
-    skipped: tuple[tuple[str, str], ...] = ()  # (path, reason) of files that are not records
+    skipped: tuple[tuple[str, str], ...] = ()  # (path, reason) of the files left out
 
     def where(self, keep: pd.Series) -> Results:
         """The runs where ``keep`` (a boolean Series over ``runs``) holds."""
@@ -77,10 +90,16 @@ def validate(record: object) -> dict:
     version = record.get("schema_version")
     if version != SCHEMA_VERSION:
         raise RecordError(f"unknown schema version {version!r} (this moebench reads {SCHEMA_VERSION})")
+    if _depth(record) > MAX_DEPTH:
+        raise RecordError(f"nested deeper than {MAX_DEPTH} levels")
     _check_fields(record, _TOP_LEVEL, "")
     _check_fields(record["metrics"], _METRICS, "metrics.")
+    for key in ("task", "router"):
+        if not NAME.fullmatch(record[key]):
+            raise RecordError(f"{key} {record[key]!r} is not a name (a-z, 0-9, _ and -, up to 64)")
     if record["status"] not in STATUSES:
         raise RecordError(f"status {record['status']!r} is not one of {', '.join(STATUSES)}")
+    _check_quality(record["metrics"].get("quality"), record["status"])
     if not all(isinstance(p, dict) and isinstance(p.get("step"), int) for p in record["curves"]):
         raise RecordError("curves must be a list of objects with an integer step")
     metrics = record["metrics"]
@@ -103,15 +122,53 @@ def _check_fields(obj: dict, fields: dict[str, type], prefix: str) -> None:
             raise RecordError(f"{prefix}{key} is {value!r}, expected {kind.__name__}")
 
 
+def _depth(value: object) -> int:
+    """How deep lists and objects nest in ``value``; without recursion, which
+    a deep value would exhaust."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (dict, list)):
+            deepest = max(deepest, depth + 1)
+            stack += [(v, depth + 1) for v in (value.values() if isinstance(value, dict) else value)]
+    return deepest
+
+
+def _check_quality(quality: object, status: str) -> None:
+    """A number, or missing; a completed run's must be finite, as it is ranked."""
+    if isinstance(quality, bool) or not isinstance(quality, (Real, type(None))):
+        raise RecordError(f"metrics.quality is {quality!r}, expected a number")
+    if status == "completed" and (quality is None or not math.isfinite(quality)):
+        raise RecordError(f"metrics.quality is {'missing' if quality is None else quality}, "
+                          "expected a finite number in a completed run")
+
+
+def _number(value: Real | None) -> float:
+    return math.nan if value is None else float(value)
+
+
 def _check_numbers(value: object, depth: int, name: str) -> None:
-    """A list of numbers (depth 1) or a list of lists of numbers (depth 2)."""
+    """A list of numbers (depth 1) or a list of lists of numbers (depth 2);
+    null stands for a missing number."""
     def ok(v: object, d: int) -> bool:
         if d == 0:
-            return isinstance(v, Real) and not isinstance(v, bool)
+            return v is None or (isinstance(v, Real) and not isinstance(v, bool))
         return isinstance(v, list) and all(ok(item, d - 1) for item in v)
 
     if not ok(value, depth):
         raise RecordError(f"{name} must be a list{' of lists' * (depth - 1)} of numbers")
+
+
+def read_record(path: Path) -> dict:
+    """The validated record in ``path``; RecordError, OSError or another
+    ValueError (not JSON) says why not."""
+    if not path.is_file():  # a FIFO would block the read, a device never end it
+        raise RecordError("not a regular file")
+    try:
+        record = json.loads(path.read_text())
+    except RecursionError:
+        raise RecordError("nested too deeply to parse") from None
+    return validate(record)
 
 
 def read_records(root: str | Path) -> tuple[list[tuple[str, dict]], list[tuple[str, str]]]:
@@ -124,8 +181,8 @@ def read_records(root: str | Path) -> tuple[list[tuple[str, dict]], list[tuple[s
         if rel.split("/")[0] in NOT_RECORDS or path.name.startswith(".tmp-"):
             continue
         try:
-            record = validate(json.loads(path.read_text()))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecordError) as e:
+            record = read_record(path)
+        except (OSError, ValueError) as e:  # ValueError: RecordError, bad JSON or text
             skipped.append((rel, str(e).splitlines()[0]))
             continue
         if record["run_id"] in seen:  # a copied file would count a seed twice
@@ -211,9 +268,65 @@ def _scalars(metrics: dict) -> dict[str, float]:
             if isinstance(v, Real) and not isinstance(v, bool)}
 
 
+def _metric(record: dict) -> str:
+    """``'bpc' (lower is better)``: a quality metric is its name and direction."""
+    metrics = record["metrics"]
+    direction = "higher" if metrics["higher_is_better"] else "lower"
+    return f"{metrics['quality_metric']!r} ({direction} is better)"
+
+
+def _one_metric_per_task(found: list[tuple[str, dict]]) -> tuple[list[tuple[str, dict]], list[tuple[str, str]]]:
+    """The (path, record) pairs whose quality metric is the most common of
+    their task (the first by name on a tie), and the other paths with the
+    reason they are skipped: a mean or a rank over two metrics means nothing."""
+    counts: dict[str, Counter] = defaultdict(Counter)
+    for _, r in found:
+        counts[r["task"]][_metric(r)] += 1
+    chosen = {task: min(seen, key=lambda metric: (-seen[metric], metric)) for task, seen in counts.items()}
+    kept, skipped = [], []
+    for path, r in found:
+        task = r["task"]
+        if _metric(r) == chosen[task]:
+            kept.append((path, r))
+        else:
+            skipped.append((path, f"quality metric {_metric(r)}, where {counts[task][chosen[task]]} "
+                                  f"other {task} record(s) have {chosen[task]}"))
+    return kept, skipped
+
+
+def _one_completed_run_per_seed(found: list[tuple[str, dict]]) -> tuple[list[tuple[str, dict]],
+                                                                        list[tuple[str, str]]]:
+    """The (path, record) pairs but a second completed record of one run (same
+    task, config and seed, e.g. rerun under another resume key), and those
+    paths with the reason they are skipped: one run must not count as two seeds."""
+    first: dict[str, str] = {}
+    kept, skipped = [], []
+    for path, r in found:
+        identity = _text([r["task"], r["seed"], {k: v for k, v in flatten(r["config"]).items()
+                                                 if k not in IGNORED_KEYS}])
+        if r["status"] != "completed":
+            kept.append((path, r))
+        elif identity in first:
+            skipped.append((path, f"the same run (task, config and seed) as {first[identity]}, "
+                                  "completed twice"))
+        else:
+            first[identity] = path
+            kept.append((path, r))
+    return kept, skipped
+
+
+def _quality(metrics: dict) -> float:
+    """The quality, NaN where missing (a diverged or interrupted run's)."""
+    quality = metrics.get("quality")
+    return float(quality) if quality is not None and math.isfinite(quality) else math.nan
+
+
 def load_results(root: str | Path) -> Results:
     """Every valid record under ``root`` as tidy frames."""
     found, skipped = read_records(root)
+    found, mixed = _one_metric_per_task(found)
+    found, repeated = _one_completed_run_per_seed(found)
+    skipped = sorted(skipped + mixed + repeated)
     records = [record for _, record in found]
     setups = setup_names(records)
     runs, curves, loads, positions, clusters = [], [], [], [], []
@@ -222,16 +335,16 @@ def load_results(root: str | Path) -> Results:
         m = r["metrics"]
         runs.append({**ids, "router": r["router"], "variant": variant(r), "status": r["status"],
                      "path": path, "quality_metric": m["quality_metric"],
-                     "higher_is_better": m["higher_is_better"], **_scalars(m),
+                     "higher_is_better": m["higher_is_better"], **_scalars(m), "quality": _quality(m),
                      **{f"config.{k}": v for k, v in flatten(r["config"]).items()
                         if not isinstance(v, (list, dict))}})
         curves += [{**ids, **_scalars(point), "step": point["step"]} for point in r["curves"]]
-        positions += [{**ids, "position": p, "drop_rate": float(v)}
+        positions += [{**ids, "position": p, "drop_rate": _number(v)}
                       for p, v in enumerate(m.get("drop_rate_by_position", []))]
         for layer, stats in enumerate(m.get("per_layer", [])):
-            loads += [{**ids, "layer": layer, "expert": e, "load": float(v)}
+            loads += [{**ids, "layer": layer, "expert": e, "load": _number(v)}
                       for e, v in enumerate(stats.get("load_E", []))]
-            clusters += [{**ids, "layer": layer, "cluster": c, "expert": e, "count": float(v)}
+            clusters += [{**ids, "layer": layer, "cluster": c, "expert": e, "count": _number(v)}
                          for c, row in enumerate(stats.get("cluster_expert", []))
                          for e, v in enumerate(row)]
     return Results(

@@ -2,8 +2,8 @@
 
 One function, :func:`train`, builds the model for a task, trains it for the
 configured steps, evaluates along the way and at the end, and returns what a
-run record needs. Ctrl-C ends it early with status "interrupted" and keeps
-everything measured so far.
+run record needs. Ctrl-C or SIGTERM (see moebench/interrupt.py) ends it early
+with status "interrupted" and keeps everything measured so far.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from moebench.config import RunConfig, TrainerConfig
 from moebench.evaluate import batch_context, evaluate
+from moebench.interrupt import held_signals, signal_name
 from moebench.metrics.causality import task_causal_leak
 from moebench.metrics.routing import RoutingAccumulator
 from moebench.models.ffn import FFNFactory
@@ -32,6 +33,7 @@ class TrainResult:
     metrics: dict
     curves: list[dict]
     model: nn.Module
+    interrupted_by: str | None = None  # SIGINT | SIGTERM when status is interrupted
 
 
 def load_matching(model: nn.Module, state: dict[str, Tensor]) -> list[str]:
@@ -112,7 +114,11 @@ def grads_finite(model: nn.Module) -> bool:
 
 def train(cfg: RunConfig, task: Task, router_cfg=None, init_from: nn.Module | None = None) -> TrainResult:
     """Train and evaluate one model; ``router_cfg`` overrides ``cfg.router``;
-    ``init_from`` starts from another model's matching weights (fine-tuning)."""
+    ``init_from`` starts from another model's matching weights (fine-tuning).
+
+    Ctrl-C or SIGTERM stops training; the final evaluation then runs with both
+    signals held, and one that arrives there also makes the status interrupted:
+    "completed" means that no signal came."""
     device = resolve_device(cfg.trainer.device)
     torch.manual_seed(cfg.seed)
     ffn = FFNFactory(router_cfg or cfg.router, cfg.model, cfg.moe, task.data_stats())
@@ -123,21 +129,20 @@ def train(cfg: RunConfig, task: Task, router_cfg=None, init_from: nn.Module | No
                  len(copied), len(model.state_dict()))
     batch_size = max(1, cfg.trainer.batch_tokens // task.tokens_per_example)
     t = cfg.trainer
-    if t.max_tokens is not None or t.max_train_flops is not None:
-        forward_flops = evaluate(model, task, "train", cfg, batch_size, batches=1)["flops_per_token"]
-        t = replace(t, max_steps=budget_steps(t, batch_size * task.tokens_per_example, forward_flops))
-        log.info("budget: %d steps", t.max_steps)
-    optimizer = make_optimizer(model, t)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.dtype == "bfloat16")
-    generator = torch.Generator().manual_seed(cfg.seed)
-
     curves: list[dict] = []
-    status, skipped, step, steps_done = "completed", 0, 0, 0
+    status, interrupted_by, skipped, step, steps_done = "completed", None, 0, 0, 0
     train_routing = RoutingAccumulator()
     window = RoutingAccumulator()
     train_time, tokens_seen, last_log = 0.0, 0, time.perf_counter()
-    max_skipped = t.max_skipped_share * t.max_steps
     try:
+        if t.max_tokens is not None or t.max_train_flops is not None:
+            forward_flops = evaluate(model, task, "train", cfg, batch_size, batches=1)["flops_per_token"]
+            t = replace(t, max_steps=budget_steps(t, batch_size * task.tokens_per_example, forward_flops))
+            log.info("budget: %d steps", t.max_steps)
+        optimizer = make_optimizer(model, t)
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.dtype == "bfloat16")
+        generator = torch.Generator().manual_seed(cfg.seed)
+        max_skipped = t.max_skipped_share * t.max_steps
         for step in range(t.max_steps):
             started = time.perf_counter()
             model.train()
@@ -178,25 +183,28 @@ def train(cfg: RunConfig, task: Task, router_cfg=None, init_from: nn.Module | No
                 curves.append(curve_point(step + 1, task_loss.item(),
                                           evaluate(model, task, task.eval_splits[0], cfg, batch_size)))
         steps_done = t.max_steps
-    except KeyboardInterrupt:
-        status = "interrupted"
-        log.warning("interrupted at step %d; evaluating what was trained so far", step)
+    except KeyboardInterrupt as stop:
+        status, interrupted_by = "interrupted", signal_name(stop)
+        log.warning("%s at step %d; evaluating what was trained so far", interrupted_by, step)
     if status != "completed":
         steps_done = step
 
-    final = evaluate(model, task, task.eval_splits[0], cfg, batch_size)
-    curves.append(curve_point(steps_done, None, final))
-    metrics = {"val_loss": final.pop("loss"), "val_accuracy": final.pop("accuracy"), **final}
-    for split in task.eval_splits[1:]:
-        other = evaluate(model, task, split, cfg, batch_size)
-        metrics.update({f"{split}_loss": other["loss"], f"{split}_accuracy": other["accuracy"],
-                        f"{split}_quality": other["quality"]})
-    metrics.update({
-        "train_drop_rate": train_routing.summary().get("drop_rate", 0.0),
-        "train_tokens_per_s": tokens_seen / train_time if train_time else 0.0,
-        "train_time_s": train_time,
-        "steps": steps_done,
-        "skipped_steps": skipped,
-        **task_causal_leak(model, task, batch_size),
-    })
-    return TrainResult(status, metrics, curves, model)
+    with held_signals() as held:
+        final = evaluate(model, task, task.eval_splits[0], cfg, batch_size)
+        curves.append(curve_point(steps_done, None, final))
+        metrics = {"val_loss": final.pop("loss"), "val_accuracy": final.pop("accuracy"), **final}
+        for split in task.eval_splits[1:]:
+            other = evaluate(model, task, split, cfg, batch_size)
+            metrics.update({f"{split}_loss": other["loss"], f"{split}_accuracy": other["accuracy"],
+                            f"{split}_quality": other["quality"]})
+        metrics.update({
+            "train_drop_rate": train_routing.summary().get("drop_rate", 0.0),
+            "train_tokens_per_s": tokens_seen / train_time if train_time else 0.0,
+            "train_time_s": train_time,
+            "steps": steps_done,
+            "skipped_steps": skipped,
+            **task_causal_leak(model, task, batch_size),
+        })
+    if held:
+        status, interrupted_by = "interrupted", interrupted_by or held[0]
+    return TrainResult(status, metrics, curves, model, interrupted_by)

@@ -43,7 +43,7 @@ def test_default_run_trains_logs_summarizes_and_writes_a_record(tmp_path):
     ("router.k=9", "router.k", "1..8"),
     ("moe.capacity_factor=lots", "moe.capacity_factor", "float"),
     ("moe.num_experts=0", "moe.num_experts", ">= 1"),
-    ("trainer.max_steps=-5", "trainer.max_steps", ">= 0"),
+    ("trainer.max_steps=-5", "trainer.max_steps", ">= 1"),
     ("router.nope=1", "router.nope", "balance_coef"),
     ("trainer.max_steps", "trainer.max_steps", "key=value"),
     ("router=top1,nope", "router", "top1"),

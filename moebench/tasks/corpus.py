@@ -10,7 +10,9 @@ Two encodings cover every language-modelling task:
 
 Encoded arrays are cached under a key made of the source files' sha256 and
 the encoding's parameters, so a changed file or encoding never reuses a stale
-cache, and a second run skips the encoding.
+cache, and a second run skips the encoding. Each entry also holds its key and
+a digest of its arrays, checked on every read: a damaged or altered entry is
+replaced, never used.
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ from pathlib import Path
 import numpy as np
 
 from moebench.config import DataConfig
-from moebench.tasks.data import cache_dir, checked_file, load_arrays, save_arrays
+from moebench.tasks.data import cache_dir, checked_file, read_cache, write_cache
 
-# Bump when an encoding changes, so caches written by older code are not read.
-ENCODING_VERSION = 1
+# Bump when an encoding or the cache format changes, so caches written by
+# older code are not read. 2: entries carry their key and a digest.
+ENCODING_VERSION = 2
 
 
 @dataclass
@@ -52,12 +55,12 @@ class Corpus(ABC):
         key_text = f"{ENCODING_VERSION} {self!r} " + " ".join(sha for _, sha in files.values())
         key = hashlib.sha256(key_text.encode()).hexdigest()[:16]
         cached = cache_dir(data) / f"{Path(self.paths[0]).parent.name}-{key}.npz"
-        if cached.exists():
-            arrays = load_arrays(cached)
+        arrays = read_cache(cached, key)
+        if arrays is not None:
             return TokenArrays({s: arrays[s] for s in arrays if s != "vocab_size"},
                                int(arrays["vocab_size"]))
         tokens = self.encode({rel: path.read_bytes() for rel, (path, _) in files.items()})
-        save_arrays(cached, {**tokens.splits, "vocab_size": np.array(tokens.vocab_size)})
+        write_cache(cached, key, {**tokens.splits, "vocab_size": np.array(tokens.vocab_size)})
         return tokens
 
 

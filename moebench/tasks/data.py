@@ -8,14 +8,19 @@ a number in a run record always comes from the same bytes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from moebench.config import DataConfig
 from moebench.errors import DataError
+
+log = logging.getLogger(__name__)
 
 # Expected sha256 of every file a task reads, by path under the data root.
 # All but enwik8 are from ../shared/data/SOURCES.md (provenance and
@@ -93,19 +98,58 @@ def cache_dir(data: DataConfig) -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "moebench"
 
 
-def load_arrays(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path) as npz:
-        return dict(npz)
+def arrays_digest(key: str, arrays: dict[str, np.ndarray]) -> str:
+    """sha256 of the cache key and every array's name, dtype, shape and bytes."""
+    h = hashlib.sha256(key.encode())
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name} {a.dtype.str} {a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
 
 
-def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write to a temporary file beside ``path``, then rename: readers (and
+def read_cache(path: Path, key: str) -> dict[str, np.ndarray] | None:
+    """The arrays cached at ``path`` under ``key``, or None when there are none.
+
+    An entry that is unreadable (a partial copy, a full disk) or whose key or
+    digest does not match (edited, or copied from another entry) is deleted
+    with a warning naming it, so that the caller encodes and caches afresh.
+    """
+    try:
+        with np.load(path) as npz:
+            arrays = dict(npz)
+        stored_key, stored_digest = str(arrays.pop("key")), str(arrays.pop("digest"))
+    except (FileNotFoundError, NotADirectoryError):
+        return None  # not cached yet
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as e:
+        reason = f"unreadable ({type(e).__name__}: {e})"
+    else:
+        if stored_key == key and stored_digest == arrays_digest(key, arrays):
+            return arrays
+        reason = "altered (its arrays do not match its key and digest)"
+    log.warning("token cache %s is %s: deleting it and encoding the data again", path, reason)
+    try:
+        path.unlink()
+    except OSError as e:
+        log.warning("could not delete %s (%s); delete it by hand", path, e.strerror or e)
+    return None
+
+
+def write_cache(path: Path, key: str, arrays: dict[str, np.ndarray]) -> None:
+    """Cache ``arrays`` at ``path`` with their key and digest. The cache only
+    saves time: where it cannot be written (read-only, full, not a folder) the
+    run goes on without it.
+
+    The file is written beside ``path`` and then renamed: readers (and
     concurrent runs of a sweep) see the whole file or none."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with tmp.open("wb") as f:
-            np.savez(f, **arrays)
+            np.savez(f, **arrays, key=np.array(key), digest=np.array(arrays_digest(key, arrays)))
         os.replace(tmp, path)
+    except OSError as e:
+        log.warning("token cache %s not written (%s): going on without it", path, e.strerror or e)
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # nothing was created where the folder is unwritable
+            tmp.unlink(missing_ok=True)

@@ -56,10 +56,26 @@ class LMTask(Task):
         tokens = self.corpus.load(data)
         self.vocab_size = tokens.vocab_size
         self.tokens = {split: torch.from_numpy(ids) for split, ids in tokens.splits.items()}
+        self.check_windows_fit()
 
     @property
     def tokens_per_example(self) -> int:
         return self.cfg.block_size
+
+    @property
+    def window(self) -> int:
+        """Tokens an example takes from the stream: the inputs and, one ahead, the targets."""
+        return self.cfg.block_size + 1
+
+    def check_windows_fit(self) -> None:
+        """Every split must hold one window; fail now, not after training (when
+        the evaluation draws from a shorter split than training did)."""
+        split, n = min(((s, len(t)) for s, t in self.tokens.items()), key=lambda item: item[1])
+        if self.window > n:
+            longest = n - (self.window - self.cfg.block_size)
+            raise ConfigError("task.block_size", self.cfg.block_size,
+                              f"1..{longest}: the {split} split of {self.cfg.name} holds {n} tokens "
+                              "(task.block_size follows model.block_size unless set)")
 
     def build_model(self, model_cfg: ModelConfig, ffn: FFNFactory) -> nn.Module:
         if self.cfg.block_size > model_cfg.block_size:
@@ -78,7 +94,7 @@ class LMTask(Task):
 
     def get_batch(self, split: str, batch_size: int, generator: torch.Generator) -> Batch:
         L = self.cfg.block_size
-        window_BW = random_windows(self.split_tokens(split), batch_size, L + 1, generator)  # W = L + 1
+        window_BW = random_windows(self.split_tokens(split), batch_size, self.window, generator)  # W = L + 1
         inputs_BL, targets_BL = window_BW[:, :L], window_BW[:, 1:]
         return Batch(inputs_BL, targets_BL, token_ids=inputs_BL)
 

@@ -66,6 +66,10 @@ class WikiText2MLM(LMTask):
         self.mask_id = self.vocab_size
         self.vocab_size += 1
 
+    @property
+    def window(self) -> int:
+        return self.cfg.block_size  # the targets are the inputs themselves
+
     def data_stats(self) -> DataStats:
         """Expected frequencies of the *input* ids (what hash routing sees) under
         :func:`bert_mask`: a chosen token leaves for [MASK] or a uniform random id."""
@@ -76,7 +80,7 @@ class WikiText2MLM(LMTask):
         return DataStats(self.vocab_size, counts_V)
 
     def get_batch(self, split: str, batch_size: int, generator: torch.Generator) -> Batch:
-        tokens_BL = random_windows(self.split_tokens(split), batch_size, self.cfg.block_size, generator)
+        tokens_BL = random_windows(self.split_tokens(split), batch_size, self.window, generator)
         inputs_BL, loss_mask_BL = bert_mask(tokens_BL, self.mask_id, self.cfg.mask_prob, generator)
         return Batch(inputs_BL, tokens_BL, token_ids=inputs_BL, loss_mask=loss_mask_BL)
 

@@ -22,7 +22,7 @@ def measured_and_analytic(model, inputs, context):
 
 
 @pytest.mark.parametrize("overrides", [
-    ["model.moe_every=3"],  # no MoE layer: a dense transformer
+    ["router=dense"],  # no MoE layer: a dense transformer
     ["router=top1", "moe.capacity_factor=1.0"],  # routed, with drops
     ["router=top1", "model.activation=swiglu", "moe.dropless=true"],
 ])
@@ -34,7 +34,7 @@ def test_transformer_flops_match_the_flop_counter(make_config, overrides):
     idx = torch.randint(0, 97, (4, 32))
     measured, analytic = measured_and_analytic(model, idx, context=32)
     assert analytic["flops_per_token"] == pytest.approx(measured, rel=0.02)
-    if "model.moe_every=3" not in overrides:
+    if "router=dense" not in overrides:
         assert analytic["flops_breakdown"]["experts"] > 0
         assert analytic["active_params"] < analytic["total_params"]
 

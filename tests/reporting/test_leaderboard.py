@@ -1,14 +1,18 @@
 """The leaderboard: a pure function of the records, byte for byte."""
 
+import errno
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
 from moebench.leaderboard import LeaderboardCallback, build, main
 from moebench.record import REPO_ROOT
+from moebench.report import main as report_main
 from moebench.reporting.render import mean_and_interval
 
 
@@ -100,3 +104,72 @@ def test_the_oracle_quality_is_noted_under_its_task(results_dir, make_record, tm
     # mean 0.92; t_{0.975,2} * 0.02 / sqrt(3) = 0.0497
     assert "Oracle routing (each token to its true cluster's expert, same model and budget): " \
            "accuracy 0.920 ± 0.050 over 3 seed(s)." in md
+
+
+@pytest.mark.parametrize("task", ["../../escaped", "ABSOLUTE", "a/b"])
+def test_a_task_name_cannot_place_files_outside_the_reports(results_dir, make_record, tmp_path, task):
+    root = results_dir(make_record())
+    bad = {**make_record(seed=1), "task": str(tmp_path / "escaped") if task == "ABSOLUTE" else task}
+    (root / "runs" / "bad.json").write_text(json.dumps(bad))
+    out = tmp_path / "deep" / "reports"
+    build(root, out)
+    figures = list(tmp_path.rglob("*.svg"))
+    assert figures and all(path.parent == out / "figures" for path in figures)
+    assert f"Skipped runs/bad.json: task {bad['task']!r} is not a name" in (out / "leaderboard.md").read_text()
+
+
+def run_leaderboard(root, out):
+    main(["--results", str(root), "--out", str(out)])
+
+
+def run_report(root, out):
+    report_main(["--results", str(root), "--out", str(out)])
+
+
+@pytest.mark.parametrize("command", [run_leaderboard, run_report])
+def test_no_valid_record_is_refused_and_the_reports_kept(results_dir, make_record, tmp_path, capsys, command):
+    out = tmp_path / "reports"
+    build(results_dir(make_record()), out)
+    before = read_tree(out)
+    empty = tmp_path / "empty"
+    (empty / "runs").mkdir(parents=True)
+    (empty / "runs" / "broken.json").write_text("{")
+    with pytest.raises(SystemExit) as exit_info:
+        command(empty, out)
+    assert exit_info.value.code == 2
+    assert "at least one valid run record" in capsys.readouterr().err
+    assert read_tree(out) == before
+
+
+@pytest.mark.parametrize("command", [run_leaderboard, run_report])
+def test_a_full_disk_leaves_the_old_reports_intact(results_dir, make_record, tmp_path, monkeypatch, command):
+    out = tmp_path / "reports"
+    root = results_dir(make_record())
+    build(root, out)
+    before = read_tree(out)
+    results_dir(make_record(seed=1, quality=0.7), make_record(task="shakespeare_char"))
+    write_text, write_bytes = Path.write_text, Path.write_bytes
+
+    def filling(path, data, *args, **kwargs):
+        write = write_text if isinstance(data, str) else write_bytes
+        if path.name == "index.html":  # the disk fills up half-way through the page
+            write(path, data[:len(data) // 2], *args, **kwargs)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return write(path, data, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", filling)
+    monkeypatch.setattr(Path, "write_bytes", filling)
+    with pytest.raises(OSError, match="No space left"):
+        command(root, out)
+    assert read_tree(out) == before  # nothing replaced, nothing removed, no staging folder left
+
+
+def test_a_diverged_run_without_quality_is_counted_not_ranked(results_dir, make_record, tmp_path):
+    root = results_dir(make_record(), make_record("top2"))
+    diverged = make_record("top2", seed=1, status="diverged")
+    diverged["metrics"]["quality"] = None  # as records write a NaN now
+    (root / "runs" / "diverged.json").write_text(json.dumps(diverged))
+    build(root, tmp_path / "reports")
+    md = (tmp_path / "reports" / "leaderboard.md").read_text()
+    assert "Not ranked: 1 diverged run(s) (top2 seed 1)." in md and "Skipped" not in md
+    assert table_rows(md, "synthetic")[0] == [["| 1", "top1"], ["| 1", "top2"]]

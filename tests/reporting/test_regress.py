@@ -104,6 +104,31 @@ def test_a_broken_router_is_caught(baseline_file, capsys, monkeypatch):
     assert {"drop_rate", "load_cv", "flops_per_token"} <= failing
 
 
+def test_a_run_without_a_finite_quality_fails(baseline_file, capsys, monkeypatch):
+    from moebench.tasks.synthetic import SyntheticTask
+
+    monkeypatch.setattr(SyntheticTask, "quality", lambda self, loss, accuracy: float("nan"))
+    with pytest.raises(SystemExit) as exit_info:
+        regress.main([*TINY_ARGS, "--baseline", str(baseline_file)])
+    assert exit_info.value.code == 1
+    assert "REGRESSION: the slice wrote a record the results loader rejects" in capsys.readouterr().err
+
+
+def test_ctrl_c_stops_the_whole_slice(tmp_path, monkeypatch):
+    started = []
+
+    def interrupted_run(cfg):  # as run() returns a run stopped by Ctrl-C: its record
+        started.append(cfg.seed)
+        path = tmp_path / f"run{len(started)}.json"
+        path.write_text(json.dumps({"status": "interrupted", "interrupted_by": "SIGINT"}))
+        return path
+
+    monkeypatch.setattr(regress, "run", interrupted_run)
+    with pytest.raises(SystemExit) as exit_info:
+        regress.run_slice(["top1"], ["synthetic"], seeds=[0, 1, 2])
+    assert exit_info.value.code == 130 and started == [0]
+
+
 def test_verdicts_follow_the_interval_the_direction_and_exactness():
     status, quality, drop, flops = (next(c for c in regress.CHECKS if c.metric == m)
                                     for m in ("status", "quality", "drop_rate", "flops_per_token"))

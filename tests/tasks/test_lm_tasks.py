@@ -76,6 +76,19 @@ def test_block_size_beyond_the_model_is_refused(task):
         task.build_model(model_cfg, ffn_factory(task, model_cfg))
 
 
+@pytest.mark.parametrize("name", LM_TASKS)
+def test_block_size_beyond_the_shortest_split_is_refused_at_load(fake_data, name):
+    # Was found only after training, when evaluation drew from a shorter split.
+    fake_data.install(name)
+    shortest = min(len(t) for t in fake_data.task(name).tokens.values())
+    longest = shortest if name == "wikitext2_mlm" else shortest - 1  # causal: + 1 target
+    task = fake_data.task(name, block_size=longest)
+    for split in task.tokens:
+        assert task.get_batch(split, 2, torch.Generator()).inputs.shape == (2, longest)
+    with pytest.raises(ConfigError, match=rf"task.block_size={longest + 1} .*1\.\.{longest}: the \w+ split"):
+        fake_data.task(name, block_size=longest + 1)
+
+
 def test_data_stats_count_the_vocabulary(task):
     stats = task.data_stats()
     assert stats.vocab_size == task.vocab_size == len(stats.token_counts_V)
