@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 
 SUMMARY_KEYS = ("val_loss", "drop_rate", "no_expert_rate", "load_cv", "load_max_over_mean",
                 "load_entropy", "dead_experts", "nmi_cluster", "nmi_token", "flops_per_token",
-                "active_params", "total_params", "train_tokens_per_s", "train_time_s",
-                "causal_leak")
+                "train_flops_per_token", "active_params", "total_params", "train_tokens_per_s",
+                "train_time_s", "causal_leak")
 PROBE_BYTES = 1 << 16  # a record is a few to a few hundred kB
 
 

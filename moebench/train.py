@@ -17,11 +17,14 @@ import torch
 from torch import Tensor, nn
 
 from moebench.config import RunConfig, TrainerConfig
-from moebench.evaluate import batch_context, evaluate
+from moebench.evaluate import EVAL_SEED, batch_context, evaluate
 from moebench.interrupt import held_signals, signal_name
 from moebench.metrics.causality import task_causal_leak
+from moebench.metrics.flops import TrainFlops, forward_flops
+from moebench.metrics.probe import probing
 from moebench.metrics.routing import RoutingAccumulator
 from moebench.models.ffn import FFNFactory
+from moebench.moe.block import LayerStats
 from moebench.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -72,8 +75,10 @@ def learning_rate(step: int, cfg: TrainerConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
 
 
-def step_loss(model: nn.Module, task: Task, batch, step: int) -> tuple[Tensor, Tensor, dict, list]:
-    """Forward one batch: (total loss, task loss, aux losses by name, MoE stats)."""
+def step_loss(model: nn.Module, task: Task, batch,
+              step: int) -> tuple[Tensor, Tensor, dict, list[LayerStats | None]]:
+    """Forward one batch: (total loss, task loss, aux losses by name, the FFN
+    layers' stats, None for dense layers)."""
     out = model(batch.inputs, batch_context(batch, step))
     token_losses_T = task.token_losses(out.logits, batch)
     counted_T = batch.counted_T()
@@ -86,13 +91,27 @@ def step_loss(model: nn.Module, task: Task, batch, step: int) -> tuple[Tensor, T
         for name, value in named.items():
             aux[f"{name}/{layer}"] = value
     total = task_loss + sum(aux.values(), torch.zeros((), device=task_loss.device))
-    return total, task_loss, aux, out.moe_stats
+    return total, task_loss, aux, out.layer_stats
+
+
+def training_forward_flops(model: nn.Module, task: Task, batch_size: int) -> float:
+    """Forward FLOPs per token of one training-mode forward on a training
+    batch, routed as training routes (top-2's random second expert, the
+    training capacity, RL's sampling, BASE's auction), but with no gradient,
+    no update, and the model's buffers and the random state left as they
+    were (metrics/probe.py): the budget counts training compute, and a
+    budgeted run trains exactly as one given its number of steps."""
+    device = next(model.parameters()).device
+    batch = task.get_batch("train", batch_size, torch.Generator().manual_seed(EVAL_SEED)).to(device)
+    with probing(model, training=True, device=device):
+        out = model(batch.inputs, batch_context(batch, step=0))
+    return sum(forward_flops(model, out.layer_stats, task.tokens_per_example, training=True).values())
 
 
 def budget_steps(cfg: TrainerConfig, tokens_per_step: int, forward_flops_per_token: float) -> int:
     """Steps that fit the budget. Training FLOPs are taken as 3x the forward
-    FLOPs (forward + backward for activations and weights; Kaplan et al.
-    2020, section 2.1), with the experts counted as executed."""
+    FLOPs of a training step (forward + backward for activations and weights;
+    Kaplan et al. 2020, section 2.1), with the experts counted as executed."""
     if cfg.max_tokens is not None:
         return max(1, round(cfg.max_tokens / tokens_per_step))
     if cfg.max_train_flops is not None:
@@ -132,12 +151,13 @@ def train(cfg: RunConfig, task: Task, router_cfg=None, init_from: nn.Module | No
     curves: list[dict] = []
     status, interrupted_by, skipped, step, steps_done = "completed", None, 0, 0, 0
     train_routing = RoutingAccumulator()
+    train_flops = TrainFlops()
     window = RoutingAccumulator()
     train_time, tokens_seen, last_log = 0.0, 0, time.perf_counter()
     try:
         if t.max_tokens is not None or t.max_train_flops is not None:
-            forward_flops = evaluate(model, task, "train", cfg, batch_size, batches=1)["flops_per_token"]
-            t = replace(t, max_steps=budget_steps(t, batch_size * task.tokens_per_example, forward_flops))
+            step_flops = training_forward_flops(model, task, batch_size)
+            t = replace(t, max_steps=budget_steps(t, batch_size * task.tokens_per_example, step_flops))
             log.info("budget: %d steps", t.max_steps)
         optimizer = make_optimizer(model, t)
         autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.dtype == "bfloat16")
@@ -150,7 +170,7 @@ def train(cfg: RunConfig, task: Task, router_cfg=None, init_from: nn.Module | No
                 group["lr"] = learning_rate(step, t)
             batch = task.get_batch("train", batch_size, generator).to(device)
             with autocast:
-                loss, task_loss, aux, stats = step_loss(model, task, batch, step)
+                loss, task_loss, aux, layer_stats = step_loss(model, task, batch, step)
             optimizer.zero_grad(set_to_none=True)
             if torch.isfinite(loss):
                 loss.backward()
@@ -165,8 +185,10 @@ def train(cfg: RunConfig, task: Task, router_cfg=None, init_from: nn.Module | No
             if t.grad_clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
             optimizer.step()
-            train_routing.add(stats)
-            window.add(stats)
+            train_flops.add(forward_flops(model, layer_stats, task.tokens_per_example, training=True))
+            moe_stats = [s for s in layer_stats if s is not None]
+            train_routing.add(moe_stats)
+            window.add(moe_stats)
             train_time += time.perf_counter() - started
             tokens_seen += batch.inputs.shape[0] * task.tokens_per_example
 
@@ -199,6 +221,7 @@ def train(cfg: RunConfig, task: Task, router_cfg=None, init_from: nn.Module | No
                             f"{split}_quality": other["quality"]})
         metrics.update({
             "train_drop_rate": train_routing.summary().get("drop_rate", 0.0),
+            **train_flops.summary(),
             "train_tokens_per_s": tokens_seen / train_time if train_time else 0.0,
             "train_time_s": train_time,
             "steps": steps_done,

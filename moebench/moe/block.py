@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from moebench.metrics.flops import ffn_flops, linear_flops, param_count
+from moebench.metrics.flops import ffn_flops, param_count
 from moebench.moe.dispatch import DispatchPlan, capacity, plan_dispatch
 from moebench.moe.experts import Experts
 from moebench.moe.grouping import route_by_position
-from moebench.routers.base import Router, RouterContext, RouterOutput, SoftRouting
+from moebench.routers.base import Router, RouterContext, RouterOutput, SoftRouting, token_groups
 
 
 @dataclass
@@ -29,7 +29,6 @@ class LayerStats:
     routed_E: Tensor  # assignments (or soft mass) per expert before capacity
     kept_E: Tensor  # after capacity
     expert_rows: int  # rows the experts processed: kept assignments, or slots
-    soft: bool  # Soft MoE: every token is mixed into every slot
     dropped: int  # assignments dropped by capacity
     experts_per_token_T: Tensor  # kept assignments per token (0: reached no expert)
     top_expert_T: Tensor  # each token's highest-weight kept expert; -1 if none
@@ -66,14 +65,12 @@ class MoEBlock(nn.Module):
         self.routing_groups = routing_groups  # all | position (moe/grouping.py)
 
     def flops_per_token(self, stats: LayerStats | None) -> dict[str, float]:
-        """Router, experts as executed (measured rows), and Soft MoE's mixing."""
+        """Router (Soft MoE's mixing included) and experts as executed (measured rows)."""
         assert stats is not None
         T = stats.experts_per_token_T.numel()
         _, d_ff, D = self.experts.w_out_EFD.shape
         flops = dict(self.router.flops_per_token())
         flops["experts"] = stats.expert_rows / T * ffn_flops(D, d_ff, self.experts.activation)
-        if stats.soft:  # X~ = D^T X and Y = C Y~, each T x (E*S) x D per group
-            flops["soft_mixing"] = 2 * linear_flops(stats.expert_rows / stats.routing_groups, D)
         return flops
 
     def active_params(self, stats: LayerStats | None) -> float:
@@ -112,7 +109,6 @@ class MoEBlock(nn.Module):
             routed_E=plan.routed_E,
             kept_E=plan.counts_E,
             expert_rows=plan.token_idx_R.numel(),
-            soft=False,
             dropped=plan.dropped,
             experts_per_token_T=plan.experts_per_token_T,
             dropped_T=plan.dropped_T,
@@ -120,24 +116,26 @@ class MoEBlock(nn.Module):
         )
 
     def _soft(self, x_TD: Tensor, routing: SoftRouting) -> tuple[Tensor, LayerStats]:
-        # Soft MoE (Puigcerver et al. 2023, eqs. 1-3): slots X~ = D^T X go
-        # through the same expert FFNs, grouped S per expert; Y = C Y~.
-        E, S = self.experts.num_experts, routing.slots_per_expert
-        slots_ND = routing.dispatch_TN.t().to(x_TD.dtype) @ x_TD
-        rows_N = torch.arange(E * S, device=x_TD.device)
-        counts_E = torch.full((E,), S, device=x_TD.device, dtype=torch.long)
-        y_slots_ND = self.experts(slots_ND, rows_N, counts_E, torch.ones_like(rows_N, dtype=x_TD.dtype))
-        y_TD = routing.combine_TN.to(x_TD.dtype) @ y_slots_ND
-        mass_E = routing.combine_TN.detach().reshape(-1, E, S).sum(-1)  # [T, E]
-        T = x_TD.shape[0]
+        # Soft MoE (Puigcerver et al. 2023, eqs. 1-3), in each group on its own:
+        # slots X~ = D^T X go through the same expert FFNs, S per expert and
+        # group, expert by expert; Y = C Y~.
+        (T, D), E, S = x_TD.shape, self.experts.num_experts, routing.slots_per_expert
+        G = routing.dispatch_GLN.shape[0]
+        slots_GND = routing.dispatch_GLN.transpose(1, 2).to(x_TD.dtype) @ token_groups(x_TD, G)
+        slots_RD = slots_GND.view(G, E, S, D).transpose(0, 1).reshape(E * G * S, D)
+        rows_R = torch.arange(E * G * S, device=x_TD.device)
+        counts_E = torch.full((E,), G * S, device=x_TD.device, dtype=torch.long)
+        y_RD = self.experts(slots_RD, rows_R, counts_E, torch.ones_like(rows_R, dtype=x_TD.dtype))
+        y_GND = y_RD.view(E, G, S, D).transpose(0, 1).reshape(G, E * S, D)
+        y_TD = (routing.combine_GLN.to(x_TD.dtype) @ y_GND).flatten(0, 1)[:T]
+        mass_TE = routing.combine_GLN.detach().flatten(0, 1)[:T].view(T, E, S).sum(-1)
         return y_TD, LayerStats(
-            routed_E=mass_E.sum(0),
-            kept_E=mass_E.sum(0),
-            expert_rows=E * S,
-            soft=True,
+            routed_E=mass_TE.sum(0),
+            kept_E=mass_TE.sum(0),
+            expert_rows=E * G * S,
             dropped=0,
             experts_per_token_T=torch.full((T,), E, device=x_TD.device),
-            top_expert_T=mass_E.argmax(-1),
+            top_expert_T=mass_TE.argmax(-1),
         )
 
 

@@ -81,7 +81,6 @@ def retrieval_stats(weight_THK: Tensor, expert_THK: Tensor, num_experts: int) ->
         routed_E=usage_N,
         kept_E=usage_N,
         expert_rows=expert_THK.numel(),
-        soft=False,
         dropped=0,
         experts_per_token_T=torch.full((T,), expert_TA.shape[1], device=expert_THK.device),
         top_expert_T=expert_TA.gather(1, weight_TA.argmax(1, keepdim=True)).squeeze(1),

@@ -3,7 +3,8 @@
 Shape suffixes used throughout moebench (see DESIGN.md):
     T tokens of one layer      D model width        E experts
     K experts per token        C capacity           A assignments
-    S slots (Soft MoE)         F expert hidden width
+    S slots per expert         N = E * S slots      F expert hidden width
+    G token groups (Soft MoE)  L tokens per group
 
 A router maps ``x_TD`` (plus a small :class:`RouterContext`) to a
 :class:`RouterOutput` whose ``routing`` is either
@@ -13,7 +14,8 @@ A router maps ``x_TD`` (plus a small :class:`RouterContext`) to a
   expert-choice and dropless routing give a variable number of experts per
   token; one dispatcher then serves every sparse router.
 * :class:`SoftRouting` -- dispatch and combine weights over ``E * S`` slots
-  (Soft MoE), each slot a weighted mixture of tokens.
+  per group of tokens (Soft MoE), each slot a weighted mixture of its group's
+  tokens.
 
 The routing *rule* of each router is a pure function of logits so it can be
 tested on hand-written inputs; the :class:`Router` module around it only holds
@@ -95,15 +97,26 @@ class SparseRouting:
 
 @dataclass
 class SoftRouting:
-    """Soft MoE (Puigcerver et al. 2023): dense dispatch/combine over slots.
+    """Soft MoE (Puigcerver et al. 2023): dense dispatch/combine over slots, per group.
 
-    ``dispatch_TN`` is normalized over tokens (each slot is a convex mix of
-    tokens); ``combine_TN`` over slots. N = E * S, grouped by expert.
+    The T tokens form G groups of L consecutive tokens (:func:`token_groups`;
+    the last group padded when G does not divide T). In each group,
+    ``dispatch_GLN`` is normalized over the group's tokens (each slot a convex
+    mix of them; padding has weight 0) and ``combine_GLN`` over its N = E * S
+    slots, grouped by expert.
     """
 
-    dispatch_TN: Tensor
-    combine_TN: Tensor
+    dispatch_GLN: Tensor
+    combine_GLN: Tensor
     slots_per_expert: int
+
+
+def token_groups(x_TD: Tensor, num_groups: int) -> Tensor:
+    """``x_GLD``: the T rows as G groups of L = ceil(T / G) consecutive rows,
+    the last one padded with zero rows."""
+    T = x_TD.shape[0]
+    L = -(-T // num_groups)
+    return nn.functional.pad(x_TD, (0, 0, 0, num_groups * L - T)).view(num_groups, L, -1)
 
 
 @dataclass
@@ -123,8 +136,9 @@ class Router(nn.Module):
     """Base module: a linear gate in float32 and the shared stability losses.
 
     Subclasses implement :meth:`route`. The gate is computed in float32
-    whatever the model's dtype, as Switch Transformer recommends for stability
-    ("selective precision", Fedus et al. 2021, section 2.4).
+    whatever the model's dtype, autocast included (:func:`float32_gate`), as
+    Switch Transformer recommends for stability ("selective precision", Fedus
+    et al. 2021, section 2.4).
     """
 
     # Whether the rule lets a token's routing depend on other tokens of the
@@ -148,7 +162,10 @@ class Router(nn.Module):
         """The FFN layer this router drives: by default a standard MoE block.
 
         Routers whose layer is not "E expert FFNs" (the dense baseline, PEER)
-        override this; the model and the training loop do not change.
+        override this; the model and the training loop do not change. A router
+        whose paper routes without capacity says so in its own config
+        (``router.dropless``: hash, deepseek_moe); ``moe.dropless=true`` makes
+        every router dropless.
         """
         from moebench.moe.block import MoEBlock
         from moebench.moe.experts import Experts
@@ -160,7 +177,7 @@ class Router(nn.Module):
             k=router_cfg.k,
             capacity_factor=moe_cfg.capacity_factor,
             eval_capacity_factor=moe_cfg.eval_capacity_factor,
-            dropless=moe_cfg.dropless,
+            dropless=moe_cfg.dropless or getattr(router_cfg, "dropless", False),
             drop_policy=moe_cfg.drop_policy,
             routing_groups=moe_cfg.routing_groups,
         )
@@ -171,7 +188,7 @@ class Router(nn.Module):
         return {"router": 2.0 * d_model * self.num_experts}
 
     def gate_logits(self, x_TD: Tensor) -> Tensor:
-        return nn.functional.linear(x_TD.float(), self.gate.weight.float())
+        return float32_gate(x_TD, self.gate.weight)
 
     def forward(self, x_TD: Tensor, ctx: RouterContext) -> RouterOutput:
         out = self.route(x_TD, ctx)
@@ -181,6 +198,42 @@ class Router(nn.Module):
 
     def route(self, x_TD: Tensor, ctx: RouterContext) -> RouterOutput:
         raise NotImplementedError
+
+
+class TrainingWork:
+    """FLOPs a router's training forward spends beyond its evaluation forward
+    (BASE's auction rounds, S-BASE's Sinkhorn iterations), summed as executed
+    until read: the router's ``training_only_flops_per_token`` (the optional
+    :class:`moebench.metrics.flops.TrainingOnlyCost`) returns :meth:`per_token`.
+    Plain Python numbers: the loops that produce them already wait for the device."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.flops, self.tokens = name, 0.0, 0
+
+    def add(self, flops: float, tokens: int) -> None:
+        self.flops += flops
+        self.tokens += tokens
+
+    def per_token(self) -> dict[str, float]:
+        """The work per routed token since the last read; then starts again."""
+        per_token = self.flops / self.tokens if self.tokens else 0.0
+        self.flops, self.tokens = 0.0, 0
+        return {self.name: per_token}
+
+
+def float32_gate(x_TD: Tensor, weight_ND: Tensor) -> Tensor:
+    """``x W^T`` in (at least) float32 whatever the model's dtype, under autocast too.
+
+    Casting the operands is not enough: ``torch.autocast`` runs a matrix
+    product in its low-precision dtype whatever the inputs' dtype, so the
+    product runs with autocast disabled. Switch Transformer's selective
+    precision (Fedus et al. 2021, section 2.4): the router in float32, the rest
+    of the model in bfloat16. Every gate uses it; ``x_TD`` may have more
+    leading dimensions.
+    """
+    dtype = torch.promote_types(x_TD.dtype, torch.float32)
+    with torch.autocast(x_TD.device.type, enabled=False):
+        return nn.functional.linear(x_TD.to(dtype), weight_ND.to(dtype))
 
 
 def z_loss(logits_TE: Tensor) -> Tensor:

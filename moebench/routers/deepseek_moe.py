@@ -20,6 +20,25 @@ weights come from the unbiased affinities. After each training step
 so an overloaded expert's bias falls and an underloaded one's rises.
 Affinities are a softmax (DeepSeekMoE eq. 11; weights are the probabilities)
 or a sigmoid (V3 eq. 15; weights normalized over the selected, eq. 13).
+
+Complementary sequence-wise balance loss (V3 eqs. 17-20), on by default with
+the paper's alpha = 1e-4 (``router.seq_balance_coef``; 0 turns it off): for
+each sequence of T tokens
+    L_Bal = alpha * sum_i f_i P_i,
+    f_i = N_r / (K_r T) * #{t : s_{i,t} in TopK(s_t, K_r)},
+    P_i = (1 / T) sum_t s_{i,t} / sum_j s_{j,t},
+averaged over the batch's sequences; it is alpha when routing is uniform.
+f_i counts the top K_r of the unbiased affinities, as eq. 18 writes it (and
+as Megatron-LM's ``compute_routing_scores_for_aux_loss``), not the biased
+pick that is dispatched. Tokens without sequences (the synthetic task, or a
+position group) count as one sequence.
+
+Dropless by default (``router.dropless``), as V3 (section 2.1.2, "No
+Token-Dropping"): every token reaches its K_r routed experts. A capacity
+would also leak the future on a causal task: it keeps every first choice
+before any second one, so a later token's first choice can evict an earlier
+token's lower ones (moe/grouping.py); dropless, a token's experts depend on
+itself alone. ``router.dropless=false`` applies the ``moe`` capacity.
 """
 
 from __future__ import annotations
@@ -50,6 +69,8 @@ class DeepSeekMoEConfig(RouterConfig):
     # gamma; 0 turns the balancing off. V3 used 0.001 for its first 14.3T tokens; in a
     # 300-step run the bias then still grows linearly at the end, 0.01 settles.
     bias_rate: float = 1e-2
+    seq_balance_coef: float = 1e-4  # alpha of V3's sequence-wise balance loss (eq. 17); 0: off
+    dropless: bool = True  # no capacity, as V3; false: the moe capacity applies
 
     def __post_init__(self) -> None:
         if self.granularity < 1:
@@ -60,6 +81,8 @@ class DeepSeekMoEConfig(RouterConfig):
             raise ConfigError("router.score_fn", self.score_fn, SCORE_FNS)
         if self.bias_rate < 0:
             raise ConfigError("router.bias_rate", self.bias_rate, "a number >= 0")
+        if self.seq_balance_coef < 0:
+            raise ConfigError("router.seq_balance_coef", self.seq_balance_coef, "a number >= 0")
 
 
 def biased_topk(scores_TE: Tensor, bias_E: Tensor, k: int, normalize: bool) -> tuple[Tensor, Tensor]:
@@ -70,6 +93,17 @@ def biased_topk(scores_TE: Tensor, bias_E: Tensor, k: int, normalize: bool) -> t
     if normalize:
         weight_TK = weight_TK / weight_TK.sum(-1, keepdim=True)
     return weight_TK, expert_TK
+
+
+def sequence_balance_loss(scores_TE: Tensor, k: int, num_sequences: int) -> Tensor:
+    """sum_i f_i P_i of V3 eqs. 17-20 (without alpha) for each of the
+    ``num_sequences`` equal runs of consecutive tokens, averaged; 1 when uniform."""
+    E = scores_TE.shape[1]
+    chosen_TE = torch.zeros_like(scores_TE).scatter(1, scores_TE.detach().topk(k, dim=-1).indices, 1.0)
+    f_BE = chosen_TE.view(num_sequences, -1, E).mean(1) * E / k  # eq. 18
+    normalized_TE = scores_TE / scores_TE.sum(-1, keepdim=True)  # eq. 19
+    P_BE = normalized_TE.view(num_sequences, -1, E).mean(1)  # eq. 20
+    return (f_BE * P_BE).sum(-1).mean()
 
 
 def loss_free_bias_update(bias_E: Tensor, load_E: Tensor, rate: float) -> Tensor:
@@ -111,7 +145,12 @@ class DeepSeekMoERouter(Router):
         sigmoid = self.cfg.score_fn == "sigmoid"
         scores_TE = torch.sigmoid(logits_TE) if sigmoid else torch.softmax(logits_TE, dim=-1)
         weight_TK, expert_TK = biased_topk(scores_TE, self.bias_E, self.cfg.k, normalize=sigmoid)
-        return RouterOutput(sparse_from_topk(scores_TE, weight_TK, expert_TK), logits_TE)
+        aux: dict[str, Tensor] = {}
+        if self.cfg.seq_balance_coef > 0:
+            sequences = ctx.batch_shape[0] if ctx.batch_shape is not None else 1
+            aux["seq_balance"] = self.cfg.seq_balance_coef * sequence_balance_loss(
+                scores_TE, self.cfg.k, sequences)
+        return RouterOutput(sparse_from_topk(scores_TE, weight_TK, expert_TK), logits_TE, aux)
 
     @torch.no_grad()
     def update_bias(self, load_E: Tensor) -> None:

@@ -12,6 +12,12 @@ fixed centroids and the combine weight is 1, as in hash routing (Roller et
 al. 2021), so this router answers how far routing by the geometry of the
 layer's input gets without a learned gate.
 
+Evaluation: the nearest centroid without capacity (``eval_dropless``), the
+rule of every router that routes each token by its own scores at test time
+(see routers/base_layers.py): a centroid that draws many tokens shows in the
+load (``load_cv``), not as dropped tokens; ``eval_dropless: false`` applies
+``moe.eval_capacity_factor``.
+
 Centroids start at E tokens of the first training batch, k-means' usual
 initialization from the data (Forgy 1965), so none starts far from all tokens.
 
@@ -35,7 +41,7 @@ from moebench.errors import ConfigError
 from moebench.metrics.flops import linear_flops
 from moebench.routers import ROUTERS
 from moebench.routers.base import (
-    DataStats, Router, RouterConfig, RouterContext, RouterOutput, one_expert_each,
+    DataStats, Router, RouterConfig, RouterContext, RouterOutput, float32_gate, one_expert_each,
 )
 from moebench.routers.deepseek_moe import loss_free_bias_update
 
@@ -45,6 +51,8 @@ class KMeansConfig(RouterConfig):
     ema_decay: float = 0.99  # lambda; the Routing Transformer's 0.999 suits far longer runs
     balanced: bool = False
     bias_rate: float = 1e-3  # gamma of the balancing bias, on similarities in [-1, 1]
+    # Evaluation: nearest centroid without capacity; false applies moe.eval_capacity_factor.
+    eval_dropless: bool = True
 
     def __post_init__(self) -> None:
         if self.k != 1:
@@ -57,7 +65,7 @@ class KMeansConfig(RouterConfig):
 
 def nearest_centroid(x_TD: Tensor, centroids_ED: Tensor, bias_E: Tensor) -> Tensor:
     """``expert_T``: the unit centroid of largest cosine similarity (+ bias) to each token."""
-    return (F.normalize(x_TD, dim=-1) @ centroids_ED.t() + bias_E).argmax(-1)
+    return (float32_gate(F.normalize(x_TD.float(), dim=-1), centroids_ED) + bias_E).argmax(-1)
 
 
 def ema_centroids(centroids_ED: Tensor, x_TD: Tensor, expert_T: Tensor, decay: float) -> Tensor:
@@ -86,9 +94,12 @@ class KMeansRouter(Router):
         if self.training and not self.initialized:
             self._forgy_init(x_TD)
         expert_T = nearest_centroid(x_TD, self.centroids_ED, self.bias_E)
+        routing = one_expert_each(expert_T)
         if self.training:
             self._ema_step(x_TD, expert_T)
-        return RouterOutput(one_expert_each(expert_T), logits_TE=None)
+        else:
+            routing.respects_capacity = self.cfg.eval_dropless
+        return RouterOutput(routing, logits_TE=None)
 
     @torch.no_grad()
     def _forgy_init(self, x_TD: Tensor) -> None:

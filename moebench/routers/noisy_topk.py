@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from moebench.errors import ConfigError
 from moebench.routers import ROUTERS
 from moebench.routers.base import (
-    DataStats, Router, RouterConfig, RouterContext, RouterOutput, SparseRouting,
+    DataStats, Router, RouterConfig, RouterContext, RouterOutput, SparseRouting, float32_gate,
 )
 from moebench.routers.token_choice import topk_routing
 
@@ -63,12 +63,15 @@ class NoisyTopkRouter(Router):
         self.noise_gate = nn.Linear(d_model, num_experts, bias=False)  # W_noise
         nn.init.zeros_(self.noise_gate.weight)
 
+    def training_only_flops_per_token(self, stats: object) -> dict[str, float]:
+        """x W_noise: the noise gate runs in training only (eq. 4)."""
+        return {"noise_gate": 2.0 * self.noise_gate.weight.numel()}
+
     def route(self, x_TD: Tensor, ctx: RouterContext) -> RouterOutput:
         clean_TE = self.gate_logits(x_TD)
         if not self.training:  # no noise; the losses only matter in training
             return RouterOutput(self.keep_topk(clean_TE), clean_TE)
-        noise_std_TE = nn.functional.softplus(
-            nn.functional.linear(x_TD.float(), self.noise_gate.weight.float()))
+        noise_std_TE = nn.functional.softplus(float32_gate(x_TD, self.noise_gate.weight))
         noisy_TE = clean_TE + torch.randn_like(clean_TE) * noise_std_TE
         routing = self.keep_topk(noisy_TE)
         importance_E = torch.zeros_like(clean_TE[0]).index_add(

@@ -18,6 +18,10 @@ Retrieval"): h query heads share the sub-keys and the pool of experts; each
 head keeps its own k experts, weighted by a softmax over its k scores (the
 router weights g_i(x) = s(q(x).k_i) of the paper's eqs. 1-3 with s = softmax).
 
+The retrieval (query, sub-key scores, weights) runs in float32 whatever the
+model's dtype, as every router's gate does (routers/base.py, Switch's
+selective precision): in bfloat16 the scores of close keys tie or swap.
+
 Queries are batch-normalized, as the paper's ablation "query batch
 normalization" found to raise expert usage (it follows PKM's query
 BatchNorm, Lample et al. 2019, section 3.2). Causality: in training a query's
@@ -40,7 +44,7 @@ from torch import Tensor, nn
 from moebench.errors import ConfigError
 from moebench.metrics.flops import linear_flops
 from moebench.routers import ROUTERS
-from moebench.routers.base import DataStats, RouterConfig
+from moebench.routers.base import DataStats, RouterConfig, float32_gate
 
 
 @dataclass
@@ -69,11 +73,13 @@ def product_key_topk(
 ) -> tuple[Tensor, Tensor]:
     """The top ``k`` of q.[c_i; c'_j] over all Q^2 pairs, by product keys.
 
-    Returns ``score_THK`` (descending) and ``expert_THK = i * Q + j``.
+    Returns ``score_THK`` (descending, in float32 at least: the scores decide
+    the retrieval, :func:`~moebench.routers.base.float32_gate`) and
+    ``expert_THK = i * Q + j``.
     """
     Q = keys1_QP.shape[0]
-    score1_THK, i_THK = (q1_THP @ keys1_QP.t()).topk(k, dim=-1)
-    score2_THK, j_THK = (q2_THP @ keys2_QP.t()).topk(k, dim=-1)
+    score1_THK, i_THK = float32_gate(q1_THP, keys1_QP).topk(k, dim=-1)
+    score2_THK, j_THK = float32_gate(q2_THP, keys2_QP).topk(k, dim=-1)
     candidates_THKK = score1_THK[..., :, None] + score2_THK[..., None, :]  # (a, b): pair (i_a, j_b)
     score_THK, best_THK = candidates_THKK.flatten(-2).topk(k, dim=-1)
     i_THK = i_THK.gather(-1, torch.div(best_THK, k, rounding_mode="floor"))
@@ -111,11 +117,12 @@ class ProductKeyRouter(nn.Module):
 
     def forward(self, x_TD: Tensor) -> tuple[Tensor, Tensor]:
         T, (H, P) = x_TD.shape[0], (self.cfg.heads, self.cfg.d_key // 2)
-        q1_THP, q2_THP = self.query_norm(self.query(x_TD)).view(T, H, 2, P).unbind(2)
+        q_TX = self.query_norm(float32_gate(x_TD, self.query.weight))  # X = H * d_key
+        q1_THP, q2_THP = q_TX.view(T, H, 2, P).unbind(2)
         score_THK, expert_THK = product_key_topk(
             q1_THP, q2_THP, self.subkeys_2QP[0], self.subkeys_2QP[1], self.cfg.experts_per_head
         )
-        return torch.softmax(score_THK.float(), dim=-1), expert_THK
+        return torch.softmax(score_THK, dim=-1), expert_THK
 
     def flops_per_token(self) -> dict[str, float]:
         """Query projection, 2 sqrt(N) (d_key / 2) sub-key scores per head, k^2 sums per head."""

@@ -11,8 +11,17 @@ the second is chosen among the other experts by ``second_policy``:
 The two gates are renormalized, g_i / (g1 + g2), before the policy: a token
 whose second expert is not dispatched keeps weight g1 / (g1 + g2), as in
 Algorithm 1. Algorithm 1's "2 * g2 > rnd" is threshold 0.5; Mesh TensorFlow's
-GShard code defaults to 0.2. The policy applies in training; evaluation
-dispatches both experts, so scores do not depend on random draws.
+GShard code defaults to 0.2.
+
+Training uses ``second_policy``, evaluation ``second_policy_eval``. The paper
+is silent on evaluation; the reference code, Mesh TensorFlow's
+``mesh_tensorflow/transformer/moe.py`` (``MoE1D`` and
+``set_default_moe_hparams``: ``second_policy_eval="random"``,
+``second_threshold_eval=0.2``), applies ``random`` at evaluation too, so that
+is the default here, with the one threshold for both. ``all`` dispatches both
+experts at evaluation (moebench's behaviour before), so that the scores do
+not depend on random draws.
+
 Balance loss on the first choices: Switch's E * sum_e f_e P_e, which is
 GShard's l_aux = (1/E) sum_e (c_e/S) m_e scaled by E^2.
 """
@@ -39,7 +48,8 @@ SECOND_POLICIES = ("all", "sampling", "random")
 class Top2Config(RouterConfig):
     k: int = 2
     balance_coef: float = 0.01
-    second_policy: str = "random"  # all | sampling | random (training only)
+    second_policy: str = "random"  # all | sampling | random, in training
+    second_policy_eval: str = "random"  # the same choices, at evaluation (Mesh TF's default)
     second_threshold: float = 0.2  # "random": dispatch with probability min(1, g2 / threshold)
 
     def __post_init__(self) -> None:
@@ -47,6 +57,8 @@ class Top2Config(RouterConfig):
             raise ConfigError("router.k", self.k, "2 (top2 routes each token to two experts)")
         if self.second_policy not in SECOND_POLICIES:
             raise ConfigError("router.second_policy", self.second_policy, SECOND_POLICIES)
+        if self.second_policy_eval not in SECOND_POLICIES:
+            raise ConfigError("router.second_policy_eval", self.second_policy_eval, SECOND_POLICIES)
         if self.second_threshold <= 0:
             raise ConfigError("router.second_threshold", self.second_threshold, "a number > 0")
 
@@ -76,7 +88,7 @@ class Top2Router(Router):
     def route(self, x_TD: Tensor, ctx: RouterContext) -> RouterOutput:
         logits_TE = self.gate_logits(x_TD)
         probs_TE = torch.softmax(logits_TE, dim=-1)
-        policy = self.cfg.second_policy if self.training else "all"
+        policy = self.cfg.second_policy if self.training else self.cfg.second_policy_eval
         routing = top2_routing(probs_TE, policy, self.cfg.second_threshold)
         first_T = routing.expert_idx_A[: x_TD.shape[0]]
         aux = {"balance": self.cfg.balance_coef * switch_balance_loss(probs_TE, first_T)}

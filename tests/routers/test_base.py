@@ -1,5 +1,6 @@
 """BASE layers: the auction's assignment is exactly balanced and within T * eps
-of the optimum that scipy's exact solver finds."""
+of the optimum that scipy's exact solver finds; the experts that take the
+remainder rotate, so small routing groups starve no expert."""
 
 import pytest
 import torch
@@ -13,10 +14,10 @@ from moebench.routers.base_layers import (
 )
 
 
-def optimum(scores_TE: torch.Tensor) -> float:
+def optimum(scores_TE: torch.Tensor, capacity_E: torch.Tensor) -> float:
     """The exact balanced optimum: expert e as c_e identical columns of a square problem."""
-    T, E = scores_TE.shape
-    column_expert = torch.repeat_interleave(torch.arange(E), balanced_capacities(T, E))
+    E = scores_TE.shape[1]
+    column_expert = torch.repeat_interleave(torch.arange(E), capacity_E)
     rows, cols = linear_sum_assignment(scores_TE[:, column_expert].double().numpy(), maximize=True)
     return float(scores_TE.double()[rows, column_expert[cols]].sum())
 
@@ -27,19 +28,46 @@ def test_auction_is_balanced_and_within_eps_of_the_optimum(T, E, seed):
     g = torch.Generator().manual_seed(seed)
     scores_TE = torch.randn(T, E, generator=g) + torch.linspace(0, 2, E)  # all prefer the last experts
     eps = 1e-2
-    expert_T = balanced_assignment(scores_TE, eps)
+    capacity_E = balanced_capacities(T, E, first_extra=seed)
+    expert_T, _ = balanced_assignment(scores_TE, capacity_E, eps)
     counts_E = torch.bincount(expert_T, minlength=E)
-    assert counts_E.tolist() == balanced_capacities(T, E).tolist()
+    assert counts_E.tolist() == capacity_E.tolist()
     assert counts_E.max() - counts_E.min() <= 1  # T not divisible by E: off by one at most
     total = float(scores_TE.double()[torch.arange(T), expert_T].sum())
-    assert optimum(scores_TE) - T * eps - 1e-6 <= total <= optimum(scores_TE) + 1e-6
+    best = optimum(scores_TE, capacity_E)
+    assert best - T * eps - 1e-6 <= total <= best + 1e-6
 
 
 def test_auction_is_exact_on_integer_scores_with_eps_below_one_over_t():
     g = torch.Generator().manual_seed(0)
     scores_TE = torch.randint(0, 5, (40, 4), generator=g).float()
-    expert_T = balanced_assignment(scores_TE, eps=0.9 / 40)
-    assert float(scores_TE[torch.arange(40), expert_T].sum()) == optimum(scores_TE)
+    capacity_E = balanced_capacities(40, 4)
+    expert_T, _ = balanced_assignment(scores_TE, capacity_E, eps=0.9 / 40)
+    assert float(scores_TE[torch.arange(40), expert_T].sum()) == optimum(scores_TE, capacity_E)
+
+
+def test_the_remainder_goes_to_the_experts_from_first_extra_on():
+    assert balanced_capacities(4, 8, first_extra=6).tolist() == [1, 1, 0, 0, 0, 0, 1, 1]
+    assert balanced_capacities(10, 4, first_extra=3).tolist() == [3, 2, 2, 3]
+    assert balanced_capacities(8, 4, first_extra=3).tolist() == [2, 2, 2, 2]
+
+
+def test_position_groups_smaller_than_e_starve_no_expert_in_training():
+    """B = 4 tokens per position group and E = 8 (the CPU tier): every token
+    prefers expert 7, yet over the step every expert gets its B * L / E tokens
+    and a gradient; with the first T mod E experts always taking the remainder,
+    experts 4-7 got nothing."""
+    torch.manual_seed(0)
+    E, D, B, L = 8, 16, 4, 16
+    router = BaseLayerRouter(BaseLayerConfig(name="base"), D, E, None)
+    block = MoEBlock(router, Experts(E, D, 16, "gelu"), k=1, capacity_factor=1.25, eval_capacity_factor=2.0,
+                     dropless=False, drop_policy="position", routing_groups="position").train()
+    c7 = router.gate.weight[7].detach()
+    x_TD = torch.randn(B * L, D) + 5 * c7 / c7.norm()
+    y_TD, stats = block(x_TD, RouterContext(batch_shape=(B, L)))
+    assert stats.kept_E.tolist() == [B * L // E] * E and stats.dropped == 0
+    y_TD.square().sum().backward()
+    assert all(block.experts.w_in_EDH.grad[e].abs().sum() > 0 for e in range(E))
 
 
 def test_router_balances_in_training_and_is_greedy_at_evaluation():

@@ -4,9 +4,12 @@ refuses a leaky configuration unless told to measure it."""
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from moebench.errors import ConfigError
-from moebench.metrics.causality import causal_leak
+from moebench.metrics.causality import causal_leak, cut_positions
+from moebench.models import ModelOutput
 from moebench.routers.base import RouterContext
 from moebench.tasks import TASKS
 from moebench.train import train
@@ -28,11 +31,50 @@ def test_probe_passes_causal_routers(lm_model, sequences):
     assert causal_leak(lm_model("top1", TIGHT), sequences) < 1e-5
 
 
-def test_probe_flags_capacity_that_keeps_first_choices_before_second_ones(lm_model, sequences):
-    # GShard's priority: a token keeps its second expert only if later tokens' first
-    # choices left room. No router flag says so; the probe measures it.
-    assert causal_leak(lm_model("top2", TIGHT), sequences) > 1e-3
-    assert causal_leak(lm_model("top2", {**TIGHT, "routing_groups": "position"}), sequences) < 1e-5
+@pytest.mark.parametrize("router", ["top2", "noisy_topk"])  # k = 2 choices
+def test_probe_flags_capacity_that_keeps_first_choices_before_second_ones(lm_model, sequences, router):
+    # GShard's priority, which the dispatcher applies to every router with k > 1:
+    # a token keeps its second expert only if later tokens' first choices left
+    # room. No router flag says so; the probe measures it.
+    assert causal_leak(lm_model(router, TIGHT), sequences) > 1e-3
+    assert causal_leak(lm_model(router, {**TIGHT, "routing_groups": "position"}), sequences) < 1e-5
+
+
+class PeeksAhead(nn.Module):
+    """A "language model" whose logits at positions ``at`` of sequences ``rows``
+    also see the token at position ``sees``."""
+
+    def __init__(self, vocab_size: int, rows: slice, at: slice, sees: int) -> None:
+        super().__init__()
+        self.vocab_size, self.rows, self.at, self.sees = vocab_size, rows, at, sees
+
+    def forward(self, idx_BL: torch.Tensor, ctx: RouterContext) -> ModelOutput:
+        logits_BLV = F.one_hot(idx_BL, self.vocab_size).float()
+        logits_BLV[self.rows, self.at] += logits_BLV[self.rows, self.sees, None]
+        return ModelOutput(logits_BLV, [])
+
+
+def test_probe_cuts_each_sequence_at_positions_spread_over_the_context(random_tokens, sequences):
+    # Only a cut before position 3 reveals it, not one in the middle of the 16 tokens.
+    early = PeeksAhead(random_tokens.data_stats().vocab_size, rows=slice(None), at=slice(0, 1), sees=3)
+    assert causal_leak(early, sequences) == 1.0
+
+
+def test_probe_spreads_over_the_sequences_of_the_batch(random_tokens):
+    batch_BL = random_tokens.get_batch("val", 8, torch.Generator().manual_seed(0)).inputs
+    late_rows = PeeksAhead(random_tokens.data_stats().vocab_size, rows=slice(4, None), at=slice(0, 15),
+                           sees=15)
+    assert causal_leak(late_rows, batch_BL) == 1.0
+
+
+def test_cut_positions_are_seeded_one_per_stratum():
+    def cuts(length: int) -> list[int]:
+        return cut_positions(length, 4, torch.Generator().manual_seed(0))
+
+    strata = [(0, 31), (31, 63), (63, 95), (95, 127)]  # of positions 0..126 (127 has no future)
+    assert all(lo <= t < hi for t, (lo, hi) in zip(cuts(128), strata, strict=True))
+    assert cuts(128) == cuts(128)
+    assert cuts(3) == [0, 1]  # a short context: every position
 
 
 @pytest.mark.parametrize("router", LEAKY)

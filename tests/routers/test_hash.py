@@ -1,7 +1,9 @@
-"""Hash layers: the expert is a fixed function of the input token id alone."""
+"""Hash layers: the expert is a fixed function of the input token id alone, and
+every token reaches it (no capacity)."""
 
 import torch
 
+from moebench.config import ModelConfig, MoEConfig
 from moebench.routers.base import DataStats, RouterContext
 from moebench.routers.hash import HashConfig, HashRouter, balanced_hash
 
@@ -54,3 +56,19 @@ def test_balanced_hash_loads_are_near_even_on_a_skewed_table():
     ids_T = torch.multinomial(counts_V, 50_000, replacement=True)
     tokens_E = torch.bincount(route(router, torch.zeros(50_000, 16), ids_T), minlength=E).float()
     assert tokens_E.std() / tokens_E.mean() < 0.05
+
+
+def test_dropless_by_default_as_the_paper_every_token_reaches_its_hashed_expert(make_config):
+    # Roller et al. 2021 route every token to its hashed expert; a frequent id's
+    # tokens all land on one expert, so a capacity would drop them at every step.
+    torch.manual_seed(0)
+    model = ModelConfig(name="test", d_model=16, d_ff=32)
+    ids_T = torch.cat([torch.zeros(300, dtype=torch.long), torch.randint(V, (100,))])  # a frequent id
+    x_TD, ctx = torch.randn(400, 16), RouterContext(token_ids_T=ids_T)
+    layer = HashRouter.build_layer(HashConfig(name="hash"), model, MoEConfig(num_experts=E), DataStats(V))
+    _, stats = layer.train()(x_TD, ctx)  # moe.capacity_factor 1.25, moe.dropless false
+    assert stats.dropped == 0 and torch.all(stats.experts_per_token_T == 1)
+    capped = HashRouter.build_layer(HashConfig(name="hash", dropless=False), model,
+                                    MoEConfig(num_experts=E), DataStats(V))
+    assert capped.train()(x_TD, ctx)[1].dropped > 200  # capacity ceil(1.25 * 400 / 8) = 63
+    assert make_config("router=hash").router.dropless  # the record's config says so

@@ -55,3 +55,17 @@ def test_load_estimator_matches_monte_carlo():
             h_NE[:, i] = clean_TE[t, i] + std_TE[t, i] * torch.randn(n, generator=g)
             in_topk = (h_NE.topk(k, -1).indices == i).any(-1).float().mean()
             assert abs(float(in_topk) - float(p_TE[t, i])) < 0.015
+
+
+def test_noise_gate_stays_float32_under_bfloat16_autocast():
+    # The noise std softplus(x W_noise) decides the noisy top-k as much as the gate does.
+    router = make_router().train()
+    x = torch.randn(64, 16)
+    torch.manual_seed(1)
+    reference = router(x, RouterContext())
+    torch.manual_seed(1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = router(x, RouterContext())
+    assert torch.equal(out.routing.expert_idx_A, reference.routing.expert_idx_A)
+    assert torch.equal(out.routing.weight_A, reference.routing.weight_A)
+    assert torch.equal(out.aux_losses["load"], reference.aux_losses["load"])

@@ -140,3 +140,16 @@ def test_usage_over_a_million_experts_and_a_record_without_per_expert_lists():
     assert summary["experts_per_token_share"] == [0.0] * (H * K) + [1.0]
     lists = [v for part in (summary, *summary["per_layer"]) for v in part.values() if isinstance(v, list)]
     assert all(len(v) < 1024 for v in lists)
+
+
+def test_retrieval_stays_float32_under_bfloat16_autocast():
+    # In bfloat16 the scores of close keys tie or swap: the retrieval is computed
+    # in float32 whatever the model's dtype, as every router's gate.
+    torch.manual_seed(0)
+    layer = make_layer(32**2, 32, heads=4, k=8, d_key=16).eval()
+    x = torch.randn(64, 32)
+    weight, expert = layer.router(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        weight_bf16, expert_bf16 = layer.router(x)
+    assert weight_bf16.dtype == torch.float32
+    assert torch.equal(expert_bf16, expert) and torch.equal(weight_bf16, weight)

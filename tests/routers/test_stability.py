@@ -1,14 +1,15 @@
-"""Stability options every router shares: float32 router, z-loss and entropy
-regularizer by config, and NaN/Inf steps skipped, counted, and ending the run
-as diverged past trainer.max_skipped_share."""
+"""Stability options every router shares: float32 router (under bfloat16
+autocast too), z-loss and entropy regularizer by config, and NaN/Inf steps
+skipped, counted, and ending the run as diverged past trainer.max_skipped_share."""
 
 import math
 
 import pytest
 import torch
 
+from moebench.config import ModelConfig, MoEConfig
 from moebench.routers import ROUTERS
-from moebench.routers.base import RouterContext, routing_entropy, z_loss
+from moebench.routers.base import DataStats, RouterContext, SoftRouting, routing_entropy, z_loss
 from moebench.tasks.synthetic import SyntheticTask
 from moebench.train import train
 
@@ -24,15 +25,44 @@ def test_z_loss_and_entropy_on_hand_logits():
     assert math.isclose(float(routing_entropy(logits_TE)), h, rel_tol=1e-6)
 
 
+def make_router(name: str, **options):
+    """The router of ``name``'s layer as a run builds it: 4 experts, width 16."""
+    torch.manual_seed(0)
+    cfg = ROUTERS.get(name).config_cls(name=name, **options)
+    model = ModelConfig(name="test", d_model=16, d_ff=16, block_size=32)
+    return ROUTERS.get(name).cls.build_layer(cfg, model, MoEConfig(num_experts=4), DataStats()).router
+
+
 @pytest.mark.parametrize("name", GATED)
 def test_every_router_computes_float32_logits_and_adds_the_configured_regularizers(name):
-    torch.manual_seed(0)
-    cfg = ROUTERS.get(name).config_cls(name=name, z_loss_coef=0.01, entropy_coef=-0.1)
-    router = ROUTERS.get(name).cls(cfg, 16, 4, None).train()
+    router = make_router(name, z_loss_coef=0.01, entropy_coef=-0.1).train()
     out = router(torch.randn(32, 16, dtype=torch.bfloat16), RouterContext())
     assert out.logits_TE.dtype == torch.float32
     torch.testing.assert_close(out.aux_losses["z_loss"], 0.01 * z_loss(out.logits_TE))
     torch.testing.assert_close(out.aux_losses["entropy"], -0.1 * routing_entropy(out.logits_TE))
+
+
+def routing_weights(out) -> torch.Tensor:
+    routing = out.routing
+    return routing.dispatch_GLN if isinstance(routing, SoftRouting) else routing.weight_A
+
+
+@pytest.mark.parametrize("name", ["top1", *GATED])
+def test_the_gate_stays_float32_under_bfloat16_autocast(name):
+    # Switch's selective precision (section 2.4): autocast would run the gate's
+    # matmul in bfloat16 whatever its operands' dtype.
+    router = make_router(name)
+    x_TD = torch.randn(32, 16)
+    for training in (True, False):
+        router.train(training)
+        torch.manual_seed(1)
+        reference = router(x_TD, RouterContext())
+        torch.manual_seed(1)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = router(x_TD, RouterContext())
+        assert out.logits_TE.dtype == torch.float32
+        assert torch.equal(out.logits_TE, reference.logits_TE)
+        assert torch.equal(routing_weights(out), routing_weights(reference))
 
 
 class NaNOnSteps(SyntheticTask):

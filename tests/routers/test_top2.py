@@ -1,4 +1,7 @@
-"""GShard top-2: the second-expert policies, renormalized weights, top-1 balance loss."""
+"""GShard top-2: the second-expert policies in training and at evaluation,
+renormalized weights, top-1 balance loss."""
+
+import math
 
 import pytest
 import torch
@@ -51,9 +54,10 @@ def test_sampling_policy_draws_the_second_in_proportion_to_the_other_gates():
     torch.testing.assert_close(w2, g_T / (0.5 + g_T))
 
 
-def test_policy_only_in_training_and_balance_loss_on_first_choices():
+def test_policies_in_training_and_evaluation_and_balance_loss_on_first_choices():
     torch.manual_seed(0)
-    router = Top2Router(Top2Config(name="top2", second_policy="random", balance_coef=0.5), 16, 8, None)
+    cfg = Top2Config(name="top2", second_policy="random", second_policy_eval="all", balance_coef=0.5)
+    router = Top2Router(cfg, 16, 8, None)
     torch.nn.init.normal_(router.gate.weight)  # confident gates: g2 often under the threshold
     x = torch.randn(200, 16)
     train = router.train()(x, RouterContext())
@@ -65,8 +69,25 @@ def test_policy_only_in_training_and_balance_loss_on_first_choices():
                                0.5 * switch_balance_loss(probs_TE, probs_TE.argmax(-1)))
 
 
+def test_evaluation_drops_second_experts_at_random_by_default_as_mesh_tensorflow():
+    # Mesh TensorFlow's moe.py: second_policy_eval="random", second_threshold_eval=0.2.
+    assert Top2Config(name="top2").second_policy_eval == "random"
+    torch.manual_seed(0)
+    router = Top2Router(Top2Config(name="top2"), 16, 8, None).eval()
+    torch.nn.init.normal_(router.gate.weight)
+    x = torch.randn(2000, 16)
+    out = router(x, RouterContext())
+    g2_T = torch.softmax(out.logits_TE.detach(), -1).topk(2, -1).values
+    g2_T = g2_T[:, 1] / g2_T.sum(-1)  # renormalized second gate
+    expected = float(torch.clamp(g2_T / 0.2, max=1).sum())
+    seconds = int((out.routing.choice_A == 1).sum())
+    assert seconds < 1900 and abs(seconds - expected) < 4 * math.sqrt(expected)
+
+
 def test_bad_options_name_the_key():
     with pytest.raises(ConfigError, match="router.k"):
         Top2Config(name="top2", k=1)
     with pytest.raises(ConfigError, match="router.second_policy"):
         Top2Config(name="top2", second_policy="threshold")
+    with pytest.raises(ConfigError, match="router.second_policy_eval"):
+        Top2Config(name="top2", second_policy_eval="none")
