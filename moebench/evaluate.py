@@ -37,6 +37,16 @@ def evaluate(model: nn.Module, task: Task, split: str, cfg: RunConfig, batch_siz
     batches = batches or cfg.trainer.eval_batches
     model.eval()
     device = next(model.parameters()).device
+    # Routes drawn at random in evaluation (top-2's `random` second expert)
+    # come from their own seeded stream: every evaluation draws the same, and
+    # the training after a mid-run evaluation does not depend on eval_every.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(EVAL_SEED)
+        return _evaluate(model, task, split, batch_size, batches, device)
+
+
+def _evaluate(model: nn.Module, task: Task, split: str, batch_size: int, batches: int,
+              device: torch.device) -> dict:
     generator = torch.Generator().manual_seed(EVAL_SEED)
     routing = RoutingAccumulator(keep_tokens=True)
     loss_sum, correct, counted = 0.0, 0.0, 0.0

@@ -86,3 +86,18 @@ def test_a_rerun_skips_a_completed_run_but_not_an_interrupted_one(make_config, m
     cfg_elsewhere = make_config(*FAST, f"results_dir={interrupted_dir}")
     assert run(cfg_elsewhere).parent == interrupted_dir
     assert len(list(interrupted_dir.glob("*.json"))) == 2  # the interrupted one was redone
+
+
+def test_mid_run_evaluations_do_not_change_the_training(make_config):
+    """top-2 draws its `random` second experts at evaluation too; those draws
+    come from evaluation's own seeded stream, so evaluating every 2 steps or
+    never trains the same model."""
+    cfg = make_config(*FAST)
+    task = SyntheticTask(cfg.task, cfg.data, cfg.seed)
+    final = {}
+    for every in (2, 1000):
+        # threshold 1: a near-uniform gate keeps its second expert half the time
+        cfg = make_config(*FAST, "router=top2", "router.second_threshold=1.0", "trainer.max_steps=6",
+                          f"trainer.eval_every={every}")
+        final[every] = train(cfg, task).metrics["val_loss"]
+    assert final[2] == final[1000]
