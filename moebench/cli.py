@@ -33,7 +33,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from moebench.config import RunConfig, register_schemas, validate
+from moebench.config import RunConfig, register_schemas
+from moebench.validation import validate
 from moebench.errors import ConfigError, DataError
 from moebench.routers import ROUTERS
 from moebench.tasks import TASKS

@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from moebench.config import RunConfig, validate
+from moebench.config import RunConfig
+from moebench.validation import validate
 from moebench.errors import ConfigError
 from moebench.interrupt import held_signals, interruption, sigterm_raises
 from moebench.record import (SCHEMA_VERSION, config_hash, environment, find_completed, new_run_id,

@@ -17,7 +17,7 @@ sequences' tokens at t, as in any batch-level routing; that is no view of the
 future.) The cost: one routing per position, L small ones instead of one.
 
 :func:`future_leak` names the leaks known from the configuration, which a
-causal task refuses (moebench/config.py); the causality probe
+causal task refuses (moebench/validation.py); the causality probe
 (moebench/metrics/causality.py) measures every run, whatever the reason.
 """
 

@@ -21,6 +21,7 @@ Suffixes: T tokens, D width, H heads, K experts per head, N experts.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +30,9 @@ from torch import Tensor, nn
 from moebench.metrics.flops import linear_flops, param_count
 from moebench.moe.block import LayerStats
 from moebench.routers.base import RouterContext
-from moebench.routers.peer import ProductKeyRouter
+
+if TYPE_CHECKING:  # the router owns this layer (routers/peer.py builds it)
+    from moebench.routers.peer import ProductKeyRouter
 
 
 def peer_output(x_TD: Tensor, weight_THK: Tensor, expert_THK: Tensor, down_ND: Tensor,

@@ -43,6 +43,7 @@ from torch import Tensor, nn
 
 from moebench.errors import ConfigError
 from moebench.metrics.flops import linear_flops
+from moebench.moe.peer import PEERLayer
 from moebench.routers import ROUTERS
 from moebench.routers.base import DataStats, RouterConfig, float32_gate
 
@@ -111,8 +112,6 @@ class ProductKeyRouter(nn.Module):
 
     @classmethod
     def build_layer(cls, router_cfg: PeerConfig, model_cfg, moe_cfg, data: DataStats) -> nn.Module:
-        from moebench.moe.peer import PEERLayer
-
         return PEERLayer(cls(router_cfg, model_cfg.d_model), router_cfg.num_experts, model_cfg.d_model)
 
     def forward(self, x_TD: Tensor) -> tuple[Tensor, Tensor]:

@@ -84,18 +84,24 @@ def reference_weights_TE(combine_BTEC: torch.Tensor) -> torch.Tensor:
     return combine_BTEC[0].sum(-1).detach()
 
 
+def both_weights_TE(router, gate, same_uniforms) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each token's weight per expert from moebench and from the reference, on
+    one random sequence and the same uniforms."""
+    x_BTD = torch.randn(1, T, D)
+    with same_uniforms(torch.rand(T)):
+        routing = router(x_BTD[0], RouterContext(batch_shape=(1, T))).routing
+        _, combine_BTEC, _, _ = gate(x_BTD)
+    return (weights_TE(routing.token_idx_A, routing.expert_idx_A, routing.weight_A),
+            reference_weights_TE(combine_BTEC))
+
+
 def test_both_experts_and_their_weights_equal_the_reference(same_uniforms):
     """With every second expert kept, each token's two experts and weights
     g_i / (g1 + g2) equal ``TopNGating.forward``'s combine tensor."""
     torch.manual_seed(0)
     router = moebench_router("all")
     gate = reference_gate(router, threshold=ALL, cf=E)  # capacity T: nothing dropped
-    x_BTD = torch.randn(1, T, D)
-    with same_uniforms(torch.rand(T)):
-        routing = router(x_BTD[0], RouterContext(batch_shape=(1, T))).routing
-        _, combine_BTEC, _, _ = gate(x_BTD)
-    ours_TE = weights_TE(routing.token_idx_A, routing.expert_idx_A, routing.weight_A)
-    theirs_TE = reference_weights_TE(combine_BTEC)
+    ours_TE, theirs_TE = both_weights_TE(router, gate, same_uniforms)
     assert torch.equal(ours_TE > 0, theirs_TE > 0) and int((ours_TE > 0).sum()) == 2 * T
     torch.testing.assert_close(ours_TE, theirs_TE, **TOL)
 
@@ -110,12 +116,7 @@ def test_random_routing_keeps_the_second_experts_the_reference_keeps(same_unifor
     torch.manual_seed(1)
     router = moebench_router("random", threshold)
     gate = reference_gate(router, threshold, cf=E)
-    x_BTD = torch.randn(1, T, D)
-    with same_uniforms(torch.rand(T)):
-        routing = router(x_BTD[0], RouterContext(batch_shape=(1, T))).routing
-        _, combine_BTEC, _, _ = gate(x_BTD)
-    ours_TE = weights_TE(routing.token_idx_A, routing.expert_idx_A, routing.weight_A)
-    theirs_TE = reference_weights_TE(combine_BTEC)
+    ours_TE, theirs_TE = both_weights_TE(router, gate, same_uniforms)
     seconds_kept = int((theirs_TE > 0).sum()) - T
     assert 0 < seconds_kept < T  # the policy did drop some seconds and keep others
     assert torch.equal(ours_TE > 0, theirs_TE > 0)
