@@ -4,6 +4,8 @@
     python -m moebench.bench --device cuda   # ScatterMoE's and SonicMoE's shapes, bf16
 
 (results/bench/cpu.json was made with ``--threads 1``: see ``--threads``.)
+This times one layer; ``python -m moebench.bench_train`` times whole training
+steps of every router's model against the dense baseline.
 
 Every method computes the same layer on the same random top-k routing
 (random logits: a uniform-ish load), from routing weights to the combined

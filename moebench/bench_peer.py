@@ -1,20 +1,26 @@
-"""Benchmark one PEER layer: forward+backward time and peak memory by pool size.
+"""Benchmark one PEER layer's training step: time and peak memory by pool size.
 
     python -m moebench.bench_peer                  # CPU  -> results/bench/peer_cpu.json
     python -m moebench.bench_peer --device cuda    # GPU  -> results/bench/peer_cuda.json
 
-A PEER layer (moe/peer.py) at N = 256^2 and 1024^2 experts on random inputs.
-Each repeat is one forward and one backward into fresh gradients (the u and v
-table gradients are dense, as the optimizer gets them); the first repeat is a
-warm-up, the others give medians.
+A PEER layer (moe/peer.py) at N = 256^2, 512^2 and 1024^2 experts on random
+inputs. Each repeat is one training step as moebench.train runs it: forward,
+backward into fresh gradients, the NaN/Inf check, gradient clipping and the
+optimizer's step (``make_optimizer``: AdamW for the router, lazy Adam for the
+u and v tables, whose gradients are sparse: the retrieved rows). The first
+repeat is a warm-up (it also allocates the optimizer's moments), the others
+give medians; ``train_step_ratio`` is a step's time over that of the smallest
+N: it stays near 1 when nothing in the step grows with N.
+``train_flops_per_s`` counts 3x the layer's analytic forward FLOPs
+(``flops_per_token``, as training budgets do) per training step.
 
 Peak memory is that of the step above what was resident before it (tables,
-inputs): on CUDA the allocator's peak; on CPU the process's resident-set
-high-water mark (VmHWM, reset through /proc/self/clear_refs before each
-repeat, Linux only). Beyond the tables, the step holds their two gradients
-(as large as the tables) and activations that grow with T H k D and with the
-sub-key scores [T, H, sqrt(N)], never with N: a [T, H, N] score tensor would
-take T H N 4 bytes (64 GiB at the default shape and N = 1024^2).
+moments, inputs): on CUDA the allocator's peak; on CPU the process's
+resident-set high-water mark (VmHWM, reset through /proc/self/clear_refs
+before each repeat, Linux only). Activations and gradients grow with
+T H k D and with the sub-key scores [T, H, sqrt(N)], never with N: a
+[T, H, N] score tensor would take T H N 4 bytes (64 GiB at the default shape
+and N = 1024^2).
 """
 
 from __future__ import annotations
@@ -29,10 +35,12 @@ from pathlib import Path
 
 import torch
 
+from moebench.config import TrainerConfig
 from moebench.moe.peer import PEERLayer
 from moebench.record import environment
 from moebench.routers.base import RouterContext
 from moebench.routers.peer import PeerConfig, ProductKeyRouter
+from moebench.train import clip_grad_norm, grads_finite, make_optimizer
 
 MIB = 2**20
 
@@ -68,25 +76,34 @@ def bench_one(num_experts: int, args: argparse.Namespace, device: torch.device) 
     cfg = PeerConfig(name="peer", num_experts=num_experts, heads=args.heads,
                      experts_per_head=args.experts_per_head, d_key=args.d_key)
     layer = PEERLayer(ProductKeyRouter(cfg, args.d_model), num_experts, args.d_model).to(device)
+    trainer = TrainerConfig()
+    optimizer = make_optimizer(layer, trainer)
     x_TD = torch.randn(args.tokens, args.d_model, device=device, requires_grad=True)
-    forward_ms, backward_ms, step_mib = [], [], []
+    times: dict[str, list[float]] = {"forward_ms": [], "backward_ms": [], "optimizer_ms": []}
+    step_mib = []
     for _ in range(args.repeats + 1):
-        layer.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=True)
         x_TD.grad = None
         before = reset_peak(device)
         t0 = clock(device)
-        y_TD, _ = layer(x_TD, RouterContext())
+        y_TD, stats = layer(x_TD, RouterContext())
         t1 = clock(device)
         y_TD.square().mean().backward()
         t2 = clock(device)
-        forward_ms.append(1e3 * (t1 - t0))
-        backward_ms.append(1e3 * (t2 - t1))
+        assert grads_finite(layer)
+        clip_grad_norm(layer, trainer.grad_clip)
+        optimizer.step()
+        t3 = clock(device)
+        for name, (start, end) in zip(times, ((t0, t1), (t1, t2), (t2, t3))):
+            times[name].append(1e3 * (end - start))
         step_mib.append(peak(device) - before)
+    step_ms = [sum(parts) for parts in zip(*times.values())][1:]
+    flops_per_step = 3 * sum(layer.flops_per_token(stats).values()) * args.tokens
     return {
         "num_experts": num_experts,
-        "forward_ms": statistics.median(forward_ms[1:]),
-        "backward_ms": statistics.median(backward_ms[1:]),
-        "step_ms": statistics.median(f + b for f, b in zip(forward_ms[1:], backward_ms[1:])),
+        **{name: statistics.median(ms[1:]) for name, ms in times.items()},
+        "train_step_ms": statistics.median(step_ms),
+        "train_flops_per_s": flops_per_step / (statistics.median(step_ms) / 1e3),
         "tables_mib": 2 * layer.down_ND.numel() * layer.down_ND.element_size() / MIB,
         "step_peak_mib": statistics.median(step_mib[1:]),
         "repeats": args.repeats,
@@ -96,19 +113,23 @@ def bench_one(num_experts: int, args: argparse.Namespace, device: torch.device) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--experts", type=int, nargs="+", default=[256**2, 1024**2])
+    parser.add_argument("--experts", type=int, nargs="+", default=[256**2, 512**2, 1024**2])
     parser.add_argument("--tokens", type=int, default=2048)
     parser.add_argument("--d-model", type=int, default=256)
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--experts-per-head", type=int, default=16)
     parser.add_argument("--d-key", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=None, help="default results/bench/peer_<device>.json")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     results = []
     for n in args.experts:
         results.append(bench_one(n, args, device))
+        results[-1]["train_step_ratio"] = results[-1]["train_step_ms"] / results[0]["train_step_ms"]
         print(json.dumps(results[-1]))
     record = {
         "benchmark": "peer",

@@ -25,6 +25,7 @@ from moebench.metrics.probe import probing
 from moebench.metrics.routing import RoutingAccumulator
 from moebench.models.ffn import FFNFactory
 from moebench.moe.block import LayerStats
+from moebench.optim import LazyAdam, Optimizers
 from moebench.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -57,13 +58,17 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def make_optimizer(model: nn.Module, cfg: TrainerConfig) -> torch.optim.Optimizer:
-    # Weight decay on matrices only, not on norms, biases or gains (as nanoGPT).
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
+def make_optimizer(model: nn.Module, cfg: TrainerConfig) -> torch.optim.Optimizer | Optimizers:
+    """AdamW; weight decay on matrices only, not on norms, biases or gains (as
+    nanoGPT). Tables with sparse gradients, which a layer lists in its
+    ``sparse_parameters()`` (PEER's experts), get lazy Adam without decay
+    (moebench/optim.py): it touches only the rows a step retrieved."""
+    sparse = [p for m in model.modules() if hasattr(m, "sparse_parameters") for p in m.sparse_parameters()]
+    dense = [p for p in model.parameters() if all(p is not q for q in sparse)]
+    groups = [{"params": [p for p in dense if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in dense if p.dim() < 2], "weight_decay": 0.0}]
+    adamw = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
+    return Optimizers(adamw, LazyAdam(sparse, lr=cfg.lr, betas=(0.9, 0.95))) if sparse else adamw
 
 
 def learning_rate(step: int, cfg: TrainerConfig) -> float:
@@ -80,7 +85,7 @@ def step_loss(model: nn.Module, task: Task, batch,
     """Forward one batch: (total loss, task loss, aux losses by name, the FFN
     layers' stats, None for dense layers)."""
     out = model(batch.inputs, batch_context(batch, step))
-    token_losses_T = task.token_losses(out.logits, batch)
+    token_losses_T = task.token_losses(out, batch)
     counted_T = batch.counted_T()
     task_loss = token_losses_T.sum() / counted_T.sum()
     aux: dict[str, Tensor] = {}
@@ -105,6 +110,7 @@ def training_forward_flops(model: nn.Module, task: Task, batch_size: int) -> flo
     batch = task.get_batch("train", batch_size, torch.Generator().manual_seed(EVAL_SEED)).to(device)
     with probing(model, training=True, device=device):
         out = model(batch.inputs, batch_context(batch, step=0))
+        task.token_losses(out, batch)  # an adaptive head computes (and counts) its work here
     return sum(forward_flops(model, out.layer_stats, task.tokens_per_example, training=True).values())
 
 
@@ -126,9 +132,43 @@ def curve_point(step: int, train_loss: float | None, evaluation: dict) -> dict:
     return point
 
 
+def clip_grad_norm(model: nn.Module, max_norm: float) -> None:
+    """``nn.utils.clip_grad_norm_``, sparse gradients (PEER's tables) included:
+    torch's norm kernels reject sparse tensors, so each enters the total by
+    its own norm, and it is scaled through its values, which keeps it coalesced."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    total = nn.utils.get_total_norm([g.norm() if g.is_sparse else g for g in grads])
+    coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        (g.values() if g.is_sparse else g).mul_(coef)
+
+
 def grads_finite(model: nn.Module) -> bool:
     norms = [p.grad.norm() for p in model.parameters() if p.grad is not None]
     return bool(torch.isfinite(torch.stack(norms)).all()) if norms else True
+
+
+def train_step(model: nn.Module, task: Task, batch, step: int, optimizer: torch.optim.Optimizer,
+               t: TrainerConfig,
+               autocast: torch.autocast) -> tuple[Tensor, list[LayerStats | None]] | None:
+    """One training step on ``batch``: forward, backward, clipping, update.
+    Returns (task loss, the FFN layers' stats), or None when the loss or a
+    gradient is NaN/Inf and the update was skipped. Its own function so that
+    moebench.bench_train times exactly the step that training runs."""
+    model.train()
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate(step, t)
+    with autocast:
+        loss, task_loss, aux, layer_stats = step_loss(model, task, batch, step)
+    optimizer.zero_grad(set_to_none=True)
+    if torch.isfinite(loss):
+        loss.backward()
+    if not torch.isfinite(loss) or not grads_finite(model):
+        return None
+    if t.grad_clip > 0:
+        clip_grad_norm(model, t.grad_clip)
+    optimizer.step()
+    return task_loss, layer_stats
 
 
 def train(cfg: RunConfig, task: Task, router_cfg=None, init_from: nn.Module | None = None) -> TrainResult:
@@ -165,16 +205,9 @@ def train(cfg: RunConfig, task: Task, router_cfg=None, init_from: nn.Module | No
         max_skipped = t.max_skipped_share * t.max_steps
         for step in range(t.max_steps):
             started = time.perf_counter()
-            model.train()
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(step, t)
             batch = task.get_batch("train", batch_size, generator).to(device)
-            with autocast:
-                loss, task_loss, aux, layer_stats = step_loss(model, task, batch, step)
-            optimizer.zero_grad(set_to_none=True)
-            if torch.isfinite(loss):
-                loss.backward()
-            if not torch.isfinite(loss) or not grads_finite(model):
+            done = train_step(model, task, batch, step, optimizer, t, autocast)
+            if done is None:
                 skipped += 1  # skip the update: NaN/Inf loss or gradients
                 if skipped > max_skipped:
                     status = "diverged"
@@ -182,9 +215,7 @@ def train(cfg: RunConfig, task: Task, router_cfg=None, init_from: nn.Module | No
                                 step, skipped, 100 * t.max_skipped_share)
                     break
                 continue
-            if t.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-            optimizer.step()
+            task_loss, layer_stats = done
             train_flops.add(forward_flops(model, layer_stats, task.tokens_per_example, training=True))
             moe_stats = [s for s in layer_stats if s is not None]
             train_routing.add(moe_stats)

@@ -46,11 +46,14 @@ from moebench.tasks import Task
 
 def _logits(model: nn.Module, inputs_BL: Tensor, training: bool) -> Tensor:
     """The model's logits in the given mode, with the same random draws at
-    every call and the model left as it was."""
+    every call and the model left as it was. A model with an adaptive head
+    returns no logits: its hidden states, of which each position's output is
+    a function, show any leak as well."""
     with probing(model, training, inputs_BL.device):
         # Sequence tasks route by the input token ids themselves.
         ctx = RouterContext(step=-1, token_ids_T=inputs_BL.reshape(-1), batch_shape=tuple(inputs_BL.shape))
-        return model(inputs_BL, ctx).logits.float()
+        out = model(inputs_BL, ctx)
+        return (out.logits if out.head is None else out.hidden).float()
 
 
 def cut_positions(length: int, cuts: int, generator: torch.Generator) -> list[int]:

@@ -1,6 +1,9 @@
 """A small pre-norm transformer (GPT-2 style, as in nanoGPT) whose FFNs plug in.
 
-Causal for language modelling; bidirectional for masked LM.
+Causal for language modelling; bidirectional for masked LM. The token
+embedding and output layer are a table and a full softmax tied to it, or an
+adaptive input and an adaptive softmax (models/adaptive.py), which the task
+asks for losses at the targets only.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from moebench.config import ModelConfig
 from moebench.metrics.flops import attention_flops, linear_flops
 from moebench.models import ModelOutput
 from moebench.models.ffn import FFNFactory
+from moebench.models.adaptive import AdaptiveHead, AdaptiveInput
 from moebench.routers.base import RouterContext
 
 
@@ -47,17 +51,26 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(self, cfg: ModelConfig, vocab_size: int, causal: bool, ffn: FFNFactory) -> None:
+    """``adaptive``: an adaptive input and softmax (built for this vocabulary
+    and width) instead of a tied embedding table and full softmax."""
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int, causal: bool, ffn: FFNFactory,
+                 adaptive: tuple[AdaptiveInput, AdaptiveHead] | None = None) -> None:
         super().__init__()
         self.cfg = cfg
-        self.tok_emb = nn.Embedding(vocab_size, cfg.d_model)
+        self.tok_emb: nn.Embedding | AdaptiveInput
+        self.head: nn.Linear | AdaptiveHead
+        if adaptive is None:
+            self.tok_emb = nn.Embedding(vocab_size, cfg.d_model)
+            nn.init.normal_(self.tok_emb.weight, std=0.02)
+            self.head = nn.Linear(cfg.d_model, vocab_size, bias=False)
+            self.head.weight = self.tok_emb.weight  # weight tying (Press & Wolf 2017), as nanoGPT
+        else:
+            self.tok_emb, self.head = adaptive
         self.pos_emb = nn.Embedding(cfg.block_size, cfg.d_model)
+        nn.init.normal_(self.pos_emb.weight, std=0.02)
         self.blocks = nn.ModuleList(Block(cfg, causal, ffn(i)) for i in range(cfg.n_layers))
         self.ln_out = nn.LayerNorm(cfg.d_model)
-        self.head = nn.Linear(cfg.d_model, vocab_size, bias=False)
-        self.head.weight = self.tok_emb.weight  # weight tying (Press & Wolf 2017), as nanoGPT
-        nn.init.normal_(self.tok_emb.weight, std=0.02)
-        nn.init.normal_(self.pos_emb.weight, std=0.02)
 
     def forward(self, idx_BL: Tensor, ctx: RouterContext) -> ModelOutput:
         B, L = idx_BL.shape
@@ -66,13 +79,23 @@ class Transformer(nn.Module):
         for block in self.blocks:
             x, layer_stats = block(x, ctx)
             stats.append(layer_stats)
-        return ModelOutput(self.head(self.ln_out(x)), stats)
+        hidden_BLD = self.ln_out(x)
+        if isinstance(self.head, AdaptiveHead):
+            self.head.start(B * L)
+            return ModelOutput(None, stats, hidden=hidden_BLD, head=self.head)
+        return ModelOutput(self.head(hidden_BLD), stats)
 
     def ffn_layers(self) -> list[nn.Module]:
         return [block.ffn for block in self.blocks]
 
     def base_flops_per_token(self, context: int) -> dict[str, float]:
-        flops = {"head": linear_flops(self.cfg.d_model, self.head.out_features)}
+        """Attention and the head; an adaptive input's projections and an
+        adaptive head as executed in the last forward (the head: the losses
+        asked of it since then), per token of that forward."""
+        if isinstance(self.head, AdaptiveHead):
+            flops = {"embedding": self.tok_emb.flops_per_token(), "head": self.head.flops_per_token()}
+        else:
+            flops = {"head": linear_flops(self.cfg.d_model, self.head.out_features)}
         for part, value in attention_flops(self.cfg.d_model, context).items():
             flops[part] = self.cfg.n_layers * value
         return flops

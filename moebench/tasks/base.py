@@ -16,6 +16,7 @@ from omegaconf import MISSING
 from torch import Tensor, nn
 
 from moebench.config import DataConfig, ModelConfig
+from moebench.models import ModelOutput
 from moebench.models.ffn import FFNFactory
 from moebench.routers.base import DataStats
 
@@ -77,14 +78,33 @@ class Task(ABC):
         """Vocabulary size and train-split token counts, for hash routing."""
         return DataStats()
 
-    def token_losses(self, logits: Tensor, batch: Batch) -> Tensor:
-        """Per-token cross-entropy, flattened in the layers' token order."""
-        losses = nn.functional.cross_entropy(
-            logits.flatten(0, -2).float(), batch.targets.flatten(), reduction="none"
-        )
-        if batch.loss_mask is not None:
-            losses = losses * batch.loss_mask.flatten()
-        return losses
+    def token_losses(self, out: ModelOutput, batch: Batch) -> Tensor:
+        """Per-token cross-entropy (nats, float32), flattened in the layers'
+        token order; 0 where nothing counts. An adaptive head (``out.head``)
+        is computed at the counted positions only."""
+        targets_T = batch.targets.flatten()
+        if out.head is None:
+            losses_T = nn.functional.cross_entropy(out.logits.flatten(0, -2).float(), targets_T,
+                                                   reduction="none")
+            return losses_T if batch.loss_mask is None else losses_T * batch.loss_mask.flatten()
+        hidden_TD = out.hidden.flatten(0, -2)
+        if batch.loss_mask is None:
+            return out.head.token_losses(hidden_TD, targets_T)
+        counted_T = batch.counted_T()
+        counted_losses_N = out.head.token_losses(hidden_TD[counted_T], targets_T[counted_T])
+        losses_T = torch.zeros(targets_T.shape, device=targets_T.device)
+        return losses_T.masked_scatter(counted_T, counted_losses_N)
+
+    def predictions(self, out: ModelOutput, batch: Batch) -> Tensor:
+        """The most probable target per token, flattened as :meth:`token_losses`
+        (for accuracy); an adaptive head predicts at the counted positions
+        only, and gives -1 elsewhere."""
+        if out.head is None:
+            return out.logits.reshape(batch.targets.numel(), -1).argmax(-1)
+        counted_T = batch.counted_T()
+        predicted_T = torch.full((batch.targets.numel(),), -1, device=batch.targets.device)
+        predicted_T[counted_T] = out.head.predict(out.hidden.flatten(0, -2)[counted_T])
+        return predicted_T
 
     @abstractmethod
     def quality(self, val_loss: float, val_accuracy: float) -> float:

@@ -5,13 +5,22 @@ its headline metric and its evaluation splits. An example is a random
 contiguous window of the split's token stream, as nanoGPT's ``get_batch``:
 ``block_size + 1`` tokens, the first ``block_size`` the inputs and the last
 ``block_size`` the targets, so position t predicts token t + 1.
+
+A word-level task (:class:`WordLMTask`) chooses its embedding and output
+layer (``task.head``): a table and a full softmax tied to it, as every
+character-level task has, or an adaptive input (Baevski & Auli 2019) and adaptive
+softmax (Grave et al. 2017; models/adaptive.py) with clusters cut at
+``task.adaptive_cutoffs`` in the words ranked by training frequency, as
+fairseq's WikiText-103 models. The word-level tasks (wikitext2, ptb,
+wikitext2_mlm) default to adaptive in their conf/task/*.yaml, since a
+10k-33k-way softmax would be most of a step at the ``tiny`` preset.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from omegaconf import II
@@ -20,6 +29,7 @@ from torch import Tensor, nn
 from moebench.config import DataConfig, ModelConfig
 from moebench.errors import ConfigError
 from moebench.models.ffn import FFNFactory
+from moebench.models.adaptive import AdaptiveHead, AdaptiveInput
 from moebench.models.transformer import Transformer
 from moebench.routers.base import DataStats
 from moebench.tasks.base import Batch, Task, TaskConfig
@@ -30,12 +40,25 @@ FROM_NATS: dict[str, Callable[[float], float]] = {
     "bpc": lambda nats: nats / math.log(2),  # bits per character (or byte)
     "perplexity": math.exp,
 }
+HEADS = ("full", "adaptive")
 
 
 @dataclass
 class LMConfig(TaskConfig):
     # Tokens per example; the model's context length unless set smaller.
     block_size: int = II("model.block_size")
+
+
+@dataclass
+class WordLMConfig(LMConfig):
+    # Embedding and output layer: full (a table, and a softmax over the
+    # vocabulary tied to it) or adaptive (adaptive input and softmax; Baevski
+    # & Auli 2019, Grave et al. 2017), with clusters starting at each of
+    # adaptive_cutoffs (frequency ranks), each narrowed by adaptive_div_value
+    # (fairseq's adaptive_softmax_factor and adaptive_input_factor, 4).
+    head: str = "full"
+    adaptive_cutoffs: list[int] = field(default_factory=list)
+    adaptive_div_value: float = 4.0
 
 
 def random_windows(tokens_N: Tensor, batch_size: int, length: int, generator: torch.Generator) -> Tensor:
@@ -81,7 +104,11 @@ class LMTask(Task):
         if self.cfg.block_size > model_cfg.block_size:
             raise ConfigError("task.block_size", self.cfg.block_size,
                               f"at most model.block_size={model_cfg.block_size}")
-        return Transformer(model_cfg, self.vocab_size, self.causal, ffn)
+        return Transformer(model_cfg, self.vocab_size, self.causal, ffn, self.adaptive_layers(model_cfg))
+
+    def adaptive_layers(self, model_cfg: ModelConfig) -> tuple[AdaptiveInput, AdaptiveHead] | None:
+        """An adaptive input and softmax for the model, or None: a table and a full softmax."""
+        return None
 
     def data_stats(self) -> DataStats:
         counts_V = torch.bincount(self.tokens["train"], minlength=self.vocab_size)
@@ -100,3 +127,43 @@ class LMTask(Task):
 
     def quality(self, val_loss: float, val_accuracy: float) -> float:
         return FROM_NATS[self.quality_metric](val_loss)
+
+
+class WordLMTask(LMTask):
+    """A word-level task: its embedding and output layer may be adaptive
+    (``task.head``), which a 10k-33k-word vocabulary needs at small widths."""
+
+    def __init__(self, cfg: WordLMConfig, data: DataConfig, seed: int) -> None:
+        super().__init__(cfg, data, seed)
+        self.check_head()
+
+    def check_head(self) -> None:
+        """``task.head`` and the adaptive cutoffs against this vocabulary, at load."""
+        cfg, V = self.cfg, self.vocab_size
+        if cfg.head not in HEADS:
+            raise ConfigError("task.head", cfg.head, HEADS)
+        if cfg.head == "full":
+            return
+        cutoffs = list(cfg.adaptive_cutoffs)
+        increasing = all(a < b for a, b in zip(cutoffs, cutoffs[1:]))
+        if not cutoffs or not increasing or not 0 < cutoffs[0] or not cutoffs[-1] < V:
+            raise ConfigError("task.adaptive_cutoffs", cutoffs,
+                              f"one or more increasing integers in 1..{V - 1} "
+                              f"({cfg.name} has {V} words)")
+        if not cfg.adaptive_div_value >= 1:
+            raise ConfigError("task.adaptive_div_value", cfg.adaptive_div_value, "a number >= 1")
+
+    def adaptive_layers(self, model_cfg: ModelConfig) -> tuple[AdaptiveInput, AdaptiveHead] | None:
+        if self.cfg.head == "full":
+            return None
+        d, cutoffs, div = model_cfg.d_model, list(self.cfg.adaptive_cutoffs), self.cfg.adaptive_div_value
+        if d // div ** len(cutoffs) < 1:
+            raise ConfigError("task.adaptive_cutoffs", cutoffs,
+                              f"fewer cutoffs: the last cluster's width model.d_model={d} / "
+                              f"task.adaptive_div_value={div}^{len(cutoffs)} is below 1")
+        # The input ranks ids by how often they are inputs (data_stats: a
+        # masked LM's [MASK] is frequent), the head by how often they are
+        # targets in train ([MASK] never is); for causal LM the two agree.
+        target_counts_V = torch.bincount(self.tokens["train"].long(), minlength=self.vocab_size)
+        return (AdaptiveInput(d, self.data_stats().token_counts_V, cutoffs, div),
+                AdaptiveHead(d, target_counts_V, cutoffs, div))

@@ -7,11 +7,11 @@ counting one <eos> per line. Metric: perplexity. References: Zaremba et al.
 
 from moebench.tasks import TASKS
 from moebench.tasks.corpus import WordCorpus
-from moebench.tasks.lm import LMConfig, LMTask
+from moebench.tasks.lm import WordLMConfig, WordLMTask
 
 
-@TASKS.register("ptb", LMConfig)
-class PTB(LMTask):
+@TASKS.register("ptb", WordLMConfig)
+class PTB(WordLMTask):
     corpus = WordCorpus({"train": "ptb/ptb.train.txt", "val": "ptb/ptb.valid.txt",
                          "test": "ptb/ptb.test.txt"})
     quality_metric = "perplexity"

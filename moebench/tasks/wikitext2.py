@@ -8,14 +8,14 @@ et al. 2017) val 68.6 / test 65.8.
 
 from moebench.tasks import TASKS
 from moebench.tasks.corpus import WordCorpus
-from moebench.tasks.lm import LMConfig, LMTask
+from moebench.tasks.lm import WordLMConfig, WordLMTask
 
 WIKITEXT2 = WordCorpus({"train": "wikitext-2/train.txt", "val": "wikitext-2/valid.txt",
                         "test": "wikitext-2/test.txt"})
 
 
-@TASKS.register("wikitext2", LMConfig)
-class WikiText2(LMTask):
+@TASKS.register("wikitext2", WordLMConfig)
+class WikiText2(WordLMTask):
     corpus = WIKITEXT2
     quality_metric = "perplexity"
     eval_splits = ("val", "test")

@@ -20,7 +20,7 @@ from moebench.errors import ConfigError
 from moebench.routers.base import DataStats
 from moebench.tasks import TASKS
 from moebench.tasks.base import Batch
-from moebench.tasks.lm import LMConfig, LMTask, random_windows
+from moebench.tasks.lm import WordLMConfig, WordLMTask, random_windows
 from moebench.tasks.wikitext2 import WIKITEXT2
 
 
@@ -29,7 +29,7 @@ MASK_SHARE, RANDOM_SHARE = 0.8, 0.1
 
 
 @dataclass
-class MLMConfig(LMConfig):
+class MLMConfig(WordLMConfig):
     mask_prob: float = 0.15  # share of positions predicted (BERT)
 
 
@@ -52,7 +52,7 @@ def bert_mask(tokens_BL: Tensor, mask_id: int, mask_prob: float,
 
 
 @TASKS.register("wikitext2_mlm", MLMConfig)
-class WikiText2MLM(LMTask):
+class WikiText2MLM(WordLMTask):
     corpus = WIKITEXT2
     quality_metric = "masked_loss"
     causal = False
