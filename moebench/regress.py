@@ -307,6 +307,16 @@ def _allowed(check: Check, base: object) -> str:
     return f"{mean - half:.6g}..{mean + half:.6g}"
 
 
+def reproduced(baseline: dict[str, dict], current: dict[str, dict]) -> tuple[int, int]:
+    """How many spread figures equal the baseline's value for the same seed, of
+    how many: on the baseline's own kernels a change that stays inside every
+    interval (a new initialization order, say) still shows here."""
+    pairs = [(baseline[key][c.metric][CHECK_SEED], figures[c.metric])
+             for key, figures in current.items() if key in baseline
+             for c in CHECKS if not c.exact]
+    return sum(base == cur for base, cur in pairs), len(pairs)
+
+
 def failed(rows: list[dict]) -> bool:
     return any(row["verdict"] in FAILING for row in rows)
 
@@ -375,6 +385,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{len(current)} runs (seed {CHECK_SEED}) in {elapsed:.0f}s on torch's "
           f"{torch.backends.cpu.get_cpu_capability()} kernels, 1 thread; allowed: the {LEVEL:.1%} "
           f"prediction interval of the baseline's {len(baseline['seeds'])} seeds")
+    same, figures = reproduced(baseline["runs"], current)
+    print(f"seed {CHECK_SEED} reproduces the baseline's seed {CHECK_SEED} exactly in {same} of {figures} "
+          f"figures (all of them on the CPU kernels that made it: {baseline['measured_with']['kernels']})")
     if any(row["verdict"] == "improved" for row in rows):
         print("some metrics improved beyond their interval: if intended, record them with --update")
     if failed(rows):

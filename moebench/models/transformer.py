@@ -58,19 +58,21 @@ class Transformer(nn.Module):
                  adaptive: tuple[AdaptiveInput, AdaptiveHead] | None = None) -> None:
         super().__init__()
         self.cfg = cfg
+        # Modules are created, and initialized, in one fixed order: the random
+        # stream then gives every run of a seed the same weights as before.
         self.tok_emb: nn.Embedding | AdaptiveInput
         self.head: nn.Linear | AdaptiveHead
-        if adaptive is None:
-            self.tok_emb = nn.Embedding(vocab_size, cfg.d_model)
-            nn.init.normal_(self.tok_emb.weight, std=0.02)
-            self.head = nn.Linear(cfg.d_model, vocab_size, bias=False)
-            self.head.weight = self.tok_emb.weight  # weight tying (Press & Wolf 2017), as nanoGPT
-        else:
-            self.tok_emb, self.head = adaptive
+        self.tok_emb = nn.Embedding(vocab_size, cfg.d_model) if adaptive is None else adaptive[0]
         self.pos_emb = nn.Embedding(cfg.block_size, cfg.d_model)
-        nn.init.normal_(self.pos_emb.weight, std=0.02)
         self.blocks = nn.ModuleList(Block(cfg, causal, ffn(i)) for i in range(cfg.n_layers))
         self.ln_out = nn.LayerNorm(cfg.d_model)
+        if adaptive is None:
+            self.head = nn.Linear(cfg.d_model, vocab_size, bias=False)
+            self.head.weight = self.tok_emb.weight  # weight tying (Press & Wolf 2017), as nanoGPT
+            nn.init.normal_(self.tok_emb.weight, std=0.02)
+        else:
+            self.head = adaptive[1]
+        nn.init.normal_(self.pos_emb.weight, std=0.02)
 
     def forward(self, idx_BL: Tensor, ctx: RouterContext) -> ModelOutput:
         B, L = idx_BL.shape

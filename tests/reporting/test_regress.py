@@ -202,3 +202,10 @@ def test_missing_data_is_a_clear_error(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "task shakespeare_char needs its data set" in err and "MOEBENCH_DATA" in err
+
+
+def test_the_check_counts_figures_that_reproduce_the_baseline_exactly():
+    base = {"t/r": {"quality": [0.5, 0.6], "drop_rate": [0.0, 0.1], "load_cv": [1.0, 1.1],
+                    "flops_per_token": [10.0, 11.0]}}
+    current = {"t/r": {"quality": 0.5, "drop_rate": 0.0, "load_cv": 1.01, "flops_per_token": 10.0}}
+    assert regress.reproduced(base, current) == (3, 4)
