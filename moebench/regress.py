@@ -76,8 +76,7 @@ SLICE = {
     # Routers that compare tokens see the future of a causal LM; config
     # validation refuses them there unless allowed. The slice checks that
     # numbers do not change, not that they are fair, so it allows them: the
-    # same code path as on the synthetic task, and far faster than
-    # moe.routing_groups=position (BASE's solver per position group).
+    # same code path as on the synthetic task.
     "causal_and_uses_other_tokens": ["router.allow_leaky=true"],
 }
 # FLOPs components counted from the rows a layer executed (they move with drops).

@@ -53,6 +53,7 @@ def validate(cfg: RunConfig, runs_here: bool = True) -> None:
     block_size = getattr(cfg.task, "block_size", None)
     if block_size is not None:
         _validate_block_size(cfg, block_size, task_cls.causal)
+        _validate_slots_for_position_groups(cfg, block_size)
 
 
 def _validate_moe(cfg: RunConfig, router_cls: type, task_cls: type) -> None:
@@ -67,11 +68,25 @@ def _validate_moe(cfg: RunConfig, router_cls: type, task_cls: type) -> None:
     _check(moe.impl in IMPLS, "moe.impl", moe.impl, IMPLS)
     _check(moe.routing_groups in ROUTING_GROUPS, "moe.routing_groups", moe.routing_groups,
            ROUTING_GROUPS)
-    leak = future_leak(cfg.router.name, router_cls, moe)
+    leak = future_leak(router_cls, cfg.router, moe)
     if leak and task_cls.causal and not cfg.router.allow_leaky:
         raise ConfigError("moe.routing_groups", moe.routing_groups,
                           f"position on the causal task {cfg.task.name}, since {leak}; or "
                           "router.allow_leaky=true to run it anyway and record the measured causal_leak")
+
+
+def _validate_slots_for_position_groups(cfg: RunConfig, block_size: int) -> None:
+    """A router whose slots are sized for its group's tokens (Soft MoE's
+    ``router.group_size``, by default a sequence) must be told the size of a
+    position group, B = trainer.batch_tokens / block_size tokens, or it mixes
+    B tokens into a sequence's worth of slots: many times the expert FLOPs."""
+    r = cfg.router
+    if (cfg.moe.routing_groups == "position" and hasattr(r, "group_size")
+            and r.group_size is None and r.slots_per_expert is None):
+        B = cfg.trainer.batch_tokens // block_size
+        raise ConfigError("router.group_size", None,
+                          f"the tokens of a position group under moe.routing_groups=position, here "
+                          f"{B} (trainer.batch_tokens / block size), or set router.slots_per_expert")
 
 
 def _validate_model(m: ModelConfig) -> None:

@@ -23,7 +23,8 @@ from moebench.routers.base import Router, RouterContext, RouterOutput, SoftRouti
 class LayerStats:
     """What one MoE layer did in one forward pass (all tensors detached).
 
-    A new field must also be merged over routing groups in moe/grouping.py.
+    A new per-token field (``_T``) must also be put back in token order in
+    moe/grouping.py.
     """
 
     routed_E: Tensor  # assignments (or soft mass) per expert before capacity
@@ -89,21 +90,21 @@ class MoEBlock(nn.Module):
         return y_TD.reshape(x.shape), stats
 
     def _route(self, x_TD: Tensor, ctx: RouterContext) -> tuple[Tensor, LayerStats]:
-        """Router -> dispatch -> experts -> combine for one routing group."""
+        """Router -> dispatch -> experts -> combine, over ``ctx.num_groups`` routing groups."""
         out = self.router(x_TD, ctx)
         if isinstance(out.routing, SoftRouting):
             y_TD, stats = self._soft(x_TD, out.routing)
         else:
-            y_TD, stats = self._sparse(x_TD, out)
+            y_TD, stats = self._sparse(x_TD, out, ctx.num_groups)
         stats.logits_TE = None if out.logits_TE is None else out.logits_TE.detach()
         stats.aux_losses, stats.on_token_loss = out.aux_losses, out.on_token_loss
         return y_TD, stats
 
-    def _sparse(self, x_TD: Tensor, out: RouterOutput) -> tuple[Tensor, LayerStats]:
+    def _sparse(self, x_TD: Tensor, out: RouterOutput, num_groups: int) -> tuple[Tensor, LayerStats]:
         T, E = x_TD.shape[0], self.experts.num_experts
         cf = self.capacity_factor if self.training else self.eval_capacity_factor
-        cap = None if self.dropless else capacity(T, E, self.k, cf)
-        plan = plan_dispatch(out.routing, T, E, cap, self.drop_policy)
+        cap = None if self.dropless else capacity(T // num_groups, E, self.k, cf)
+        plan = plan_dispatch(out.routing, T, E, cap, self.drop_policy, num_groups)
         y_TD = self.experts(x_TD, plan.token_idx_R, plan.counts_E, plan.weight_R)
         return y_TD, LayerStats(
             routed_E=plan.routed_E,

@@ -6,7 +6,10 @@ Overflow is dropped by priority: first choices before second choices, and
 within a choice rank by token position ("position", the Switch default) or by
 router score ("score", batch-prioritized routing, Riquelme et al. 2021,
 section 4). The kept assignments come out stably sorted by expert, ready for
-the grouped expert forward.
+the grouped expert forward. With G routing groups (``RouterContext.num_groups``)
+the capacity applies to each group's share of an expert: the sort key is
+(expert, group), so one sort serves all groups and an expert's rows stay
+together.
 
 :func:`sort_by_expert` does the grouping and capacity without a host sync
 (every output size is known before the data is seen), so the Triton path can
@@ -94,8 +97,11 @@ def plan_dispatch(
     num_experts: int,
     capacity_per_expert: int | None,
     drop_policy: str = "position",
+    num_groups: int = 1,
 ) -> DispatchPlan:
-    """Apply capacity (``None``: dropless) and group the kept assignments by expert."""
+    """Apply capacity (``None``: dropless) and group the kept assignments by
+    expert; ``capacity_per_expert`` is per routing group when there are
+    ``num_groups`` (of ``num_tokens / num_groups`` consecutive tokens each)."""
     expert_A, choice_A = routing.expert_idx_A, routing.choice_A
     A = expert_A.numel()
     if drop_policy == "score":
@@ -107,7 +113,9 @@ def plan_dispatch(
     priority = torch.argsort(within_rank, stable=True)
     priority = priority[torch.argsort(choice_A[priority], stable=True)]
     cap = None if routing.respects_capacity else capacity_per_expert
-    perm = sort_by_expert(expert_A, priority, num_experts, cap)
+    G = num_groups
+    expert_group_A = expert_A * G + routing.token_idx_A // (num_tokens // G)
+    perm = sort_by_expert(expert_group_A, priority, num_experts * G, cap)
     keep = perm.order_A[: int(perm.counts_E.sum())]
 
     token_R = routing.token_idx_A[keep]
@@ -116,8 +124,8 @@ def plan_dispatch(
         token_idx_R=token_R,
         expert_idx_R=expert_A[keep],
         weight_R=routing.weight_A[keep],
-        counts_E=perm.counts_E,
-        routed_E=perm.routed_E,
+        counts_E=perm.counts_E.view(num_experts, G).sum(1),
+        routed_E=perm.routed_E.view(num_experts, G).sum(1),
         dropped=A - keep.numel(),
         experts_per_token_T=kept_T,
         dropped_T=torch.bincount(routing.token_idx_A, minlength=num_tokens) - kept_T,

@@ -14,7 +14,13 @@ on positions after t of its own sequence: its perplexity is not a fair
 number. Within a position group every token sits at the same position, so
 nothing after t is ever compared with t. (Tokens at t still depend on other
 sequences' tokens at t, as in any batch-level routing; that is no view of the
-future.) The cost: one routing per position, L small ones instead of one.
+future.)
+
+The L groups are routed in one call, not one call per position: every
+routing rule takes a group dimension (``RouterContext.num_groups``), and the
+dispatcher applies capacity per (expert, group). State a router moves in
+training (loss-free balancing's biases, k-means' centroids, RL's reward
+baseline) moves once per step from all groups' tokens, as under ``all``.
 
 :func:`future_leak` names the leaks known from the configuration, which a
 causal task refuses (moebench/validation.py); the causality probe
@@ -27,10 +33,9 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-import torch
 from torch import Tensor
 
-from moebench.routers.base import Router, RouterContext
+from moebench.routers.base import Router, RouterConfig, RouterContext, is_dropless
 
 if TYPE_CHECKING:
     from moebench.config import MoEConfig
@@ -39,15 +44,15 @@ if TYPE_CHECKING:
 ROUTING_GROUPS = ("all", "position")
 
 
-def future_leak(router_name: str, router_cls: type[Router], moe: MoEConfig) -> str | None:
+def future_leak(router_cls: type[Router], router_cfg: RouterConfig, moe: MoEConfig) -> str | None:
     """Why this configuration lets a position see later positions of its sequence,
     or None. Top-k capacity (k >= 2) is not named here: ``router.k`` does not say
     how many choices every router makes; the probe measures it."""
     if moe.routing_groups == "position":
         return None
     if router_cls.uses_other_tokens:
-        return f"router {router_name} decides a token's experts from other tokens of its sequence"
-    if moe.drop_policy == "score" and not moe.dropless:
+        return f"router {router_cfg.name} decides a token's experts from other tokens of its sequence"
+    if moe.drop_policy == "score" and not is_dropless(router_cfg, moe):
         return "moe.drop_policy=score drops a token by comparing its score with later tokens'"
     return None
 
@@ -57,50 +62,38 @@ def route_by_position(
     x_TD: Tensor,
     ctx: RouterContext,
 ) -> tuple[Tensor, LayerStats]:
-    """Apply ``route`` to each position group and merge the results in token order.
+    """``route`` once over all position groups, in one batched call.
 
-    Tokens are laid out ``[B, L]`` (``ctx.batch_shape``); per-token tasks
-    have no positions, their B examples form a single group.
+    Tokens are laid out ``[B, L]`` (``ctx.batch_shape``); they are reordered
+    position-major, so that the L position groups are consecutive runs of B
+    tokens (``RouterContext.num_groups = L``), routed, and put back in token
+    order. Per-token tasks have no positions: their B examples form one group.
     """
-    B, L = ctx.batch_shape or (x_TD.shape[0], 1)
+    if ctx.batch_shape is None:
+        return route(x_TD, ctx)
+    B, L = ctx.batch_shape
 
-    def at(t_T: Tensor | None, pos: int) -> Tensor | None:
-        return None if t_T is None else t_T.view(B, L, *t_T.shape[1:])[:, pos]
+    def by_position(t_T: Tensor | None) -> Tensor | None:  # [B, L, ...] -> [L, B, ...]
+        return None if t_T is None else t_T.view(B, L, *t_T.shape[1:]).transpose(0, 1).reshape(t_T.shape)
 
-    def ungroup(parts: list[Tensor]) -> Tensor:
-        return torch.stack(parts, dim=1).flatten(0, 1)  # [B, L, ...] -> [T, ...]
+    def by_sequence(t_T: Tensor | None) -> Tensor | None:  # [L, B, ...] -> [B, L, ...]
+        return None if t_T is None else t_T.view(L, B, *t_T.shape[1:]).transpose(0, 1).reshape(t_T.shape)
 
-    outputs, groups = [], []
-    for pos in range(L):
-        group_ctx = replace(ctx, token_ids_T=at(ctx.token_ids_T, pos),
-                            cluster_ids_T=at(ctx.cluster_ids_T, pos), batch_shape=None)
-        y_BD, stats = route(at(x_TD, pos), group_ctx)
-        outputs.append(y_BD)
-        groups.append(stats)
+    group_ctx = replace(ctx, token_ids_T=by_position(ctx.token_ids_T), num_groups=L,
+                        cluster_ids_T=by_position(ctx.cluster_ids_T), batch_shape=None)
+    y_TD, stats = route(by_position(x_TD), group_ctx)
 
-    first = groups[0]
-    on_token_loss = None
-    if first.on_token_loss is not None:
+    grouped_hook, on_token_loss = stats.on_token_loss, None
+    if grouped_hook is not None:
         def on_token_loss(token_losses_T: Tensor, counted_T: Tensor) -> dict[str, Tensor]:
-            per_group = [s.on_token_loss(at(token_losses_T, pos), at(counted_T, pos))
-                         for pos, s in enumerate(groups)]
-            return {name: torch.stack([g[name] for g in per_group]).mean() for name in per_group[0]}
+            return grouped_hook(by_position(token_losses_T), by_position(counted_T))
 
-    merged = replace(
-        first,
-        routed_E=torch.stack([s.routed_E for s in groups]).sum(0),
-        kept_E=torch.stack([s.kept_E for s in groups]).sum(0),
-        expert_rows=sum(s.expert_rows for s in groups),
-        dropped=sum(s.dropped for s in groups),
-        experts_per_token_T=ungroup([s.experts_per_token_T for s in groups]),
-        top_expert_T=ungroup([s.top_expert_T for s in groups]),
-        dropped_T=None if first.dropped_T is None else ungroup([s.dropped_T for s in groups]),
-        logits_TE=None if first.logits_TE is None else ungroup([s.logits_TE for s in groups]),
-        # Per-group losses averaged, as GShard averages its balance loss over groups.
-        aux_losses={name: torch.stack([s.aux_losses[name] for s in groups]).mean()
-                    for name in first.aux_losses},
+    return by_sequence(y_TD), replace(
+        stats,
+        experts_per_token_T=by_sequence(stats.experts_per_token_T),
+        top_expert_T=by_sequence(stats.top_expert_T),
+        dropped_T=by_sequence(stats.dropped_T),
+        logits_TE=by_sequence(stats.logits_TE),
         on_token_loss=on_token_loss,
         routing_groups=L,
-        diagnostics=groups[-1].diagnostics,  # router state: the latest
     )
-    return ungroup(outputs), merged

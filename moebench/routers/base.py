@@ -4,7 +4,7 @@ Shape suffixes used throughout moebench (see DESIGN.md):
     T tokens of one layer      D model width        E experts
     K experts per token        C capacity           A assignments
     S slots per expert         N = E * S slots      F expert hidden width
-    G token groups (Soft MoE)  L tokens per group
+    G token groups             L tokens per group
 
 A router maps ``x_TD`` (plus a small :class:`RouterContext`) to a
 :class:`RouterOutput` whose ``routing`` is either
@@ -54,12 +54,20 @@ class RouterContext:
     the latent cluster of each token when the task knows it (synthetic task,
     oracle routing). ``batch_shape`` is ``(B, L)`` when the T tokens come from
     B sequences of length L, so a block can form routing groups.
+
+    ``num_groups``: the T tokens are G routing groups of T / G consecutive
+    tokens (:func:`token_groups`), each routed as if it were alone: capacity
+    applies per group, a rule that compares tokens (expert choice, BASE,
+    S-BASE, Soft MoE) compares them within a group, and balance losses are
+    averaged over groups, as GShard does. ``moe.routing_groups=position``
+    lays the tokens out by position for this (moe/grouping.py).
     """
 
     step: int = 0
     token_ids_T: Tensor | None = None
     cluster_ids_T: Tensor | None = None
     batch_shape: tuple[int, int] | None = None
+    num_groups: int = 1
 
 
 @dataclass
@@ -111,12 +119,14 @@ class SoftRouting:
     slots_per_expert: int
 
 
-def token_groups(x_TD: Tensor, num_groups: int) -> Tensor:
-    """``x_GLD``: the T rows as G groups of L = ceil(T / G) consecutive rows,
-    the last one padded with zero rows."""
-    T = x_TD.shape[0]
+def token_groups(x_T: Tensor, num_groups: int) -> Tensor:
+    """``x_GL...``: the T rows of ``x_T`` as G groups of L = ceil(T / G)
+    consecutive rows, the last one padded with zero rows (a view when G divides T)."""
+    T, rest = x_T.shape[0], x_T.shape[1:]
     L = -(-T // num_groups)
-    return nn.functional.pad(x_TD, (0, 0, 0, num_groups * L - T)).view(num_groups, L, -1)
+    if num_groups * L > T:
+        x_T = torch.cat([x_T, x_T.new_zeros(num_groups * L - T, *rest)])
+    return x_T.view(num_groups, L, *rest)
 
 
 @dataclass
@@ -177,7 +187,7 @@ class Router(nn.Module):
             k=router_cfg.k,
             capacity_factor=moe_cfg.capacity_factor,
             eval_capacity_factor=moe_cfg.eval_capacity_factor,
-            dropless=moe_cfg.dropless or getattr(router_cfg, "dropless", False),
+            dropless=is_dropless(router_cfg, moe_cfg),
             drop_policy=moe_cfg.drop_policy,
             routing_groups=moe_cfg.routing_groups,
         )
@@ -198,6 +208,12 @@ class Router(nn.Module):
 
     def route(self, x_TD: Tensor, ctx: RouterContext) -> RouterOutput:
         raise NotImplementedError
+
+
+def is_dropless(router_cfg: RouterConfig, moe_cfg) -> bool:
+    """No capacity: ``moe.dropless``, or a router whose paper has none
+    (``router.dropless``: hash, deepseek_moe)."""
+    return moe_cfg.dropless or getattr(router_cfg, "dropless", False)
 
 
 class TrainingWork:

@@ -30,8 +30,8 @@ each sequence of T tokens
 averaged over the batch's sequences; it is alpha when routing is uniform.
 f_i counts the top K_r of the unbiased affinities, as eq. 18 writes it (and
 as Megatron-LM's ``compute_routing_scores_for_aux_loss``), not the biased
-pick that is dispatched. Tokens without sequences (the synthetic task, or a
-position group) count as one sequence.
+pick that is dispatched. Tokens without sequences (the synthetic task) count
+as one sequence, and so does each position group (moe/grouping.py).
 
 Dropless by default (``router.dropless``), as V3 (section 2.1.2, "No
 Token-Dropping"): every token reaches its K_r routed experts. A capacity
@@ -147,7 +147,7 @@ class DeepSeekMoERouter(Router):
         weight_TK, expert_TK = biased_topk(scores_TE, self.bias_E, self.cfg.k, normalize=sigmoid)
         aux: dict[str, Tensor] = {}
         if self.cfg.seq_balance_coef > 0:
-            sequences = ctx.batch_shape[0] if ctx.batch_shape is not None else 1
+            sequences = ctx.batch_shape[0] if ctx.batch_shape is not None else ctx.num_groups
             aux["seq_balance"] = self.cfg.seq_balance_coef * sequence_balance_loss(
                 scores_TE, self.cfg.k, sequences)
         return RouterOutput(sparse_from_topk(scores_TE, weight_TK, expert_TK), logits_TE, aux)

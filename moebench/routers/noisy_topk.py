@@ -25,6 +25,7 @@ from moebench.errors import ConfigError
 from moebench.routers import ROUTERS
 from moebench.routers.base import (
     DataStats, Router, RouterConfig, RouterContext, RouterOutput, SparseRouting, float32_gate,
+    token_groups,
 )
 from moebench.routers.token_choice import topk_routing
 
@@ -37,8 +38,9 @@ class NoisyTopkConfig(RouterConfig):
 
 
 def cv_squared(v_E: Tensor) -> Tensor:
-    """Squared coefficient of variation (population variance / mean^2); 0 when even."""
-    return v_E.var(unbiased=False) / (v_E.mean().square() + 1e-10)
+    """Squared coefficient of variation (population variance / mean^2) over
+    the last dimension; 0 when even."""
+    return v_E.var(-1, unbiased=False) / (v_E.mean(-1).square() + 1e-10)
 
 
 def prob_in_topk(clean_TE: Tensor, noisy_TE: Tensor, noise_std_TE: Tensor, k: int) -> Tensor:
@@ -74,11 +76,14 @@ class NoisyTopkRouter(Router):
         noise_std_TE = nn.functional.softplus(float32_gate(x_TD, self.noise_gate.weight))
         noisy_TE = clean_TE + torch.randn_like(clean_TE) * noise_std_TE
         routing = self.keep_topk(noisy_TE)
-        importance_E = torch.zeros_like(clean_TE[0]).index_add(
-            0, routing.expert_idx_A, routing.weight_A)
-        load_E = prob_in_topk(clean_TE, noisy_TE, noise_std_TE, self.cfg.k).sum(0)
-        aux = {"importance": self.cfg.importance_coef * cv_squared(importance_E),
-               "load": self.cfg.load_coef * cv_squared(load_E)}
+        # Both losses per routing group, averaged over the groups.
+        (T, E), G = clean_TE.shape, ctx.num_groups
+        group_A = routing.token_idx_A // (T // G)
+        importance_GE = clean_TE.new_zeros(G * E).index_add(
+            0, group_A * E + routing.expert_idx_A, routing.weight_A).view(G, E)
+        load_GE = token_groups(prob_in_topk(clean_TE, noisy_TE, noise_std_TE, self.cfg.k), G).sum(1)
+        aux = {"importance": self.cfg.importance_coef * cv_squared(importance_GE).mean(),
+               "load": self.cfg.load_coef * cv_squared(load_GE).mean()}
         return RouterOutput(routing, clean_TE, aux)
 
     def keep_topk(self, logits_TE: Tensor) -> SparseRouting:

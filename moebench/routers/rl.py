@@ -19,9 +19,8 @@ so their choices take no policy gradient and do not move the baseline.
 Baselines:
 
     moving_average  b = a running mean of past steps' mean reward, moved once
-                    per training step (``ctx.step``), however many routing
-                    groups the step has (moe.routing_groups=position: one
-                    per position). Buffers that the hook updates without
+                    per training step (``ctx.step``), however often the
+                    hook is called in a step. Buffers that the hook updates without
                     gradient: module state the optimizer does not own, on
                     purpose.
     learned         b_t = w . x_t + c, a linear head on the detached token,
@@ -123,7 +122,7 @@ class RLRouter(Router):
             return RouterOutput(routing, logits_TE)
         aux: dict[str, Tensor] = {}
         if self.cfg.balance_coef > 0:
-            aux["balance"] = self.cfg.balance_coef * switch_balance_loss(probs_TE, expert_T1[:, 0])
+            aux["balance"] = self.cfg.balance_coef * switch_balance_loss(probs_TE, expert_T1[:, 0], ctx.num_groups)
         log_pi_T = torch.log_softmax(logits_TE, dim=-1).gather(1, expert_T1).squeeze(1)
         x_TD = x_TD.detach()
 

@@ -28,9 +28,10 @@ groups of thousands of tokens; give a group at least 4E tokens (B >= 32 for
 E = 8, e.g. ``trainer.batch_tokens=4096`` at the ``tiny`` preset) for the
 plan to balance anything.
 
-The plan's column sums run over all T tokens of the group, so in training a
-token's experts depend on the others, later positions included
-(moe/grouping.py).
+The plan's column sums run over all T tokens of a routing group
+(``RouterContext.num_groups``; the groups' plans are computed as one batch),
+so in training a token's experts depend on the others, later positions
+included unless the groups are positions (moe/grouping.py).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from moebench.errors import ConfigError
 from moebench.routers import ROUTERS
 from moebench.routers.base import (
     DataStats, Router, RouterConfig, RouterContext, RouterOutput, TrainingWork, sparse_from_topk,
+    token_groups,
 )
 
 GATES = ("auto", "sigmoid", "softmax")
@@ -68,25 +70,29 @@ class SBaseConfig(RouterConfig):
 
 
 @torch.no_grad()
-def sinkhorn_plan(logits_TE: Tensor, max_iters: int, tol: float) -> tuple[Tensor, int]:
-    """Log of the plan P = exp(logits + u_T + v_E) with rows summing to 1 and
-    columns to T/E (to relative error ``tol``, or after ``max_iters`` rounds),
-    and the rounds it took.
+def sinkhorn_plan(logits_GTE: Tensor, max_iters: int, tol: float) -> tuple[Tensor, int]:
+    """Log of the plan P = exp(logits + u_T + v_E) of each of G groups, with
+    rows summing to 1 and columns to T/E (to relative error ``tol``, or after
+    ``max_iters`` rounds), and the rounds the batch ran.
 
     Each round sets v so that the columns are exact, then u so that the rows
-    are; it stops when the columns, disturbed by that last step, are within tol.
+    are; a group stops (its u, v kept) when its columns, disturbed by that
+    last step, are within tol; the batch stops when every group has.
     """
-    T, E = logits_TE.shape
-    logits_TE = logits_TE.float()
+    G, T, E = logits_GTE.shape
+    logits_GTE = logits_GTE.float()
     log_share = math.log(T / E)
-    u_T1 = torch.zeros(T, 1, device=logits_TE.device)
+    u_GT1 = torch.zeros(G, T, 1, device=logits_GTE.device)
+    v_G1E = torch.zeros(G, 1, E, device=logits_GTE.device)
+    done_G11 = torch.zeros(G, 1, 1, dtype=torch.bool, device=logits_GTE.device)
     for rounds in range(1, max_iters + 1):
-        v_1E = log_share - torch.logsumexp(logits_TE + u_T1, dim=0, keepdim=True)
-        u_T1 = -torch.logsumexp(logits_TE + v_1E, dim=1, keepdim=True)
-        column_E = torch.logsumexp(logits_TE + u_T1 + v_1E, dim=0).exp()
-        if (column_E * E / T - 1).abs().max() <= tol:
+        v_G1E = torch.where(done_G11, v_G1E, log_share - torch.logsumexp(logits_GTE + u_GT1, dim=1, keepdim=True))
+        u_GT1 = torch.where(done_G11, u_GT1, -torch.logsumexp(logits_GTE + v_G1E, dim=2, keepdim=True))
+        column_GE = torch.logsumexp(logits_GTE + u_GT1 + v_G1E, dim=1).exp()
+        done_G11 |= ((column_GE * E / T - 1).abs().amax(-1) <= tol)[:, None, None]
+        if done_G11.all():
             break
-    return logits_TE + u_T1 + v_1E, rounds
+    return logits_GTE + u_GT1 + v_G1E, rounds
 
 
 def gate_weights(logits_TE: Tensor, gate: str, k: int) -> Tensor:
@@ -112,7 +118,9 @@ class SBaseRouter(Router):
         logits_TE = self.gate_logits(x_TD)
         choose_by_TE = logits_TE
         if self.training:
-            choose_by_TE, rounds = sinkhorn_plan(logits_TE, self.cfg.sinkhorn_iters, self.cfg.sinkhorn_tol)
+            plan_GTE, rounds = sinkhorn_plan(token_groups(logits_TE, ctx.num_groups),
+                                             self.cfg.sinkhorn_iters, self.cfg.sinkhorn_tol)
+            choose_by_TE = plan_GTE.flatten(0, 1)
             # Three passes over the [T, E] scores a round: two normalizations and the check.
             self.sinkhorn_work.add(3 * rounds * logits_TE.numel(), logits_TE.shape[0])
         expert_TK = choose_by_TE.topk(self.cfg.k, dim=-1).indices

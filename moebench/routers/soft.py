@@ -83,12 +83,16 @@ def slots_per_expert(cfg: SoftConfig, num_experts: int) -> int:
     return math.ceil(cfg.capacity_factor * cfg.group_size / num_experts)
 
 
-def num_groups(num_tokens: int, batch_shape: tuple[int, int] | None, group_size: int | None) -> int:
-    """G: one group per sequence; independent examples (no ``batch_shape``) in
-    ceil(T / group_size) groups of consecutive examples, as even as can be
-    (:func:`~moebench.routers.base.token_groups`), or one without a group size."""
-    if batch_shape is not None:
-        return batch_shape[0]
+def num_groups(num_tokens: int, ctx: RouterContext, group_size: int | None) -> int:
+    """G: the routing groups when the block forms them (``ctx.num_groups``,
+    e.g. positions), else one group per sequence; independent examples (no
+    ``batch_shape``) in ceil(T / group_size) groups of consecutive examples,
+    as even as can be (:func:`~moebench.routers.base.token_groups`), or one
+    without a group size."""
+    if ctx.num_groups > 1:
+        return ctx.num_groups
+    if ctx.batch_shape is not None:
+        return ctx.batch_shape[0]
     return 1 if group_size is None else math.ceil(num_tokens / group_size)
 
 
@@ -119,7 +123,7 @@ class SoftRouter(Router):
 
     def route(self, x_TD: Tensor, ctx: RouterContext) -> RouterOutput:
         T, E, S = x_TD.shape[0], self.num_experts, self.slots_per_expert
-        G = num_groups(T, ctx.batch_shape, self.cfg.group_size)
+        G = num_groups(T, ctx, self.cfg.group_size)
         x_GLD = token_groups(nn.functional.normalize(x_TD.float(), dim=-1), G)
         slots_ND = nn.functional.normalize(self.slots_DN.float(), dim=0).t()
         logits_GLN = self.scale * float32_gate(x_GLD, slots_ND)

@@ -15,7 +15,9 @@ import torch
 from torch import Tensor
 
 from moebench.routers import ROUTERS
-from moebench.routers.base import Router, RouterConfig, RouterContext, RouterOutput, sparse_from_topk
+from moebench.routers.base import (
+    Router, RouterConfig, RouterContext, RouterOutput, sparse_from_topk, token_groups,
+)
 
 
 @dataclass
@@ -24,12 +26,14 @@ class Top1Config(RouterConfig):
     jitter_eps: float = 0.0  # multiplicative input jitter; Switch used 1e-2 (section 2.4)
 
 
-def switch_balance_loss(probs_TE: Tensor, expert_T: Tensor) -> Tensor:
-    """E * sum_e f_e * P_e (Switch eq. 4); 1.0 under uniform routing."""
-    E = probs_TE.shape[-1]
-    f_E = torch.bincount(expert_T, minlength=E).to(probs_TE.dtype) / expert_T.numel()
-    P_E = probs_TE.mean(0)
-    return E * torch.dot(f_E, P_E)
+def switch_balance_loss(probs_TE: Tensor, expert_T: Tensor, num_groups: int = 1) -> Tensor:
+    """E * sum_e f_e * P_e (Switch eq. 4) in each routing group, averaged over
+    the groups as GShard averages its l_aux; 1.0 under uniform routing."""
+    (T, E), G = probs_TE.shape, num_groups
+    group_T = torch.arange(T, device=expert_T.device) // (T // G)
+    f_GE = torch.bincount(group_T * E + expert_T, minlength=G * E).view(G, E).to(probs_TE.dtype) / (T // G)
+    P_GE = token_groups(probs_TE, G).mean(1)
+    return E * torch.dot(f_GE.flatten(), P_GE.flatten()) / G  # the mean over groups of sum_e f_e P_e
 
 
 def jitter(x_TD: Tensor, eps: float) -> Tensor:
@@ -45,5 +49,5 @@ class Top1Router(Router):
         logits_TE = self.gate_logits(x_TD)
         probs_TE = torch.softmax(logits_TE, dim=-1)
         weight_T1, expert_T1 = probs_TE.max(dim=-1, keepdim=True)
-        aux = {"balance": self.cfg.balance_coef * switch_balance_loss(probs_TE, expert_T1[:, 0])}
+        aux = {"balance": self.cfg.balance_coef * switch_balance_loss(probs_TE, expert_T1[:, 0], ctx.num_groups)}
         return RouterOutput(sparse_from_topk(probs_TE, weight_T1, expert_T1), logits_TE, aux)

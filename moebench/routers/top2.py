@@ -91,5 +91,5 @@ class Top2Router(Router):
         policy = self.cfg.second_policy if self.training else self.cfg.second_policy_eval
         routing = top2_routing(probs_TE, policy, self.cfg.second_threshold)
         first_T = routing.expert_idx_A[: x_TD.shape[0]]
-        aux = {"balance": self.cfg.balance_coef * switch_balance_loss(probs_TE, first_T)}
+        aux = {"balance": self.cfg.balance_coef * switch_balance_loss(probs_TE, first_T, ctx.num_groups)}
         return RouterOutput(routing, logits_TE, aux)

@@ -14,6 +14,11 @@ from moebench.routers.base_layers import (
 )
 
 
+def assign(scores_TE: torch.Tensor, capacity_E: torch.Tensor, eps: float) -> torch.Tensor:
+    """The auction on one group."""
+    return balanced_assignment(scores_TE[None], capacity_E[None], torch.tensor([eps]))[0][0]
+
+
 def optimum(scores_TE: torch.Tensor, capacity_E: torch.Tensor) -> float:
     """The exact balanced optimum: expert e as c_e identical columns of a square problem."""
     E = scores_TE.shape[1]
@@ -28,8 +33,8 @@ def test_auction_is_balanced_and_within_eps_of_the_optimum(T, E, seed):
     g = torch.Generator().manual_seed(seed)
     scores_TE = torch.randn(T, E, generator=g) + torch.linspace(0, 2, E)  # all prefer the last experts
     eps = 1e-2
-    capacity_E = balanced_capacities(T, E, first_extra=seed)
-    expert_T, _ = balanced_assignment(scores_TE, capacity_E, eps)
+    capacity_E = balanced_capacities(T, E, first_extra=seed)[0]
+    expert_T = assign(scores_TE, capacity_E, eps)
     counts_E = torch.bincount(expert_T, minlength=E)
     assert counts_E.tolist() == capacity_E.tolist()
     assert counts_E.max() - counts_E.min() <= 1  # T not divisible by E: off by one at most
@@ -41,15 +46,33 @@ def test_auction_is_balanced_and_within_eps_of_the_optimum(T, E, seed):
 def test_auction_is_exact_on_integer_scores_with_eps_below_one_over_t():
     g = torch.Generator().manual_seed(0)
     scores_TE = torch.randint(0, 5, (40, 4), generator=g).float()
-    capacity_E = balanced_capacities(40, 4)
-    expert_T, _ = balanced_assignment(scores_TE, capacity_E, eps=0.9 / 40)
+    capacity_E = balanced_capacities(40, 4)[0]
+    expert_T = assign(scores_TE, capacity_E, eps=0.9 / 40)
     assert float(scores_TE[torch.arange(40), expert_T].sum()) == optimum(scores_TE, capacity_E)
 
 
 def test_the_remainder_goes_to_the_experts_from_first_extra_on():
-    assert balanced_capacities(4, 8, first_extra=6).tolist() == [1, 1, 0, 0, 0, 0, 1, 1]
-    assert balanced_capacities(10, 4, first_extra=3).tolist() == [3, 2, 2, 3]
-    assert balanced_capacities(8, 4, first_extra=3).tolist() == [2, 2, 2, 2]
+    assert balanced_capacities(4, 8, first_extra=6).tolist() == [[1, 1, 0, 0, 0, 0, 1, 1]]
+    assert balanced_capacities(10, 4, first_extra=3).tolist() == [[3, 2, 2, 3]]
+    assert balanced_capacities(8, 4, first_extra=3).tolist() == [[2, 2, 2, 2]]
+    # Group after group, the extra tokens go to the next experts in turn.
+    assert balanced_capacities(3, 4, first_extra=2, num_groups=3).tolist() == [
+        [1, 0, 1, 1], [0, 1, 1, 1], [1, 1, 1, 0]]
+
+
+def test_auctions_batched_over_groups_equal_each_group_alone():
+    """One batched auction over groups of different preferences (and one with
+    a single expert to fill) gives each group the assignment it gets alone."""
+    g = torch.Generator().manual_seed(0)
+    G, T, E = 5, 12, 4
+    scores_GTE = torch.randn(G, T, E, generator=g) * torch.arange(1, G + 1)[:, None, None]
+    capacity_GE = balanced_capacities(T, E, first_extra=1, num_groups=G)
+    capacity_GE[-1] = torch.tensor([0, T, 0, 0])
+    eps_G = torch.full((G,), 1e-3)
+    batched_GT, _ = balanced_assignment(scores_GTE, capacity_GE, eps_G)
+    for g_ in range(G):
+        assert torch.equal(batched_GT[g_], assign(scores_GTE[g_], capacity_GE[g_], 1e-3))
+        assert torch.bincount(batched_GT[g_], minlength=E).tolist() == capacity_GE[g_].tolist()
 
 
 def test_position_groups_smaller_than_e_starve_no_expert_in_training():

@@ -105,20 +105,6 @@ def test_position_groups_make_leaky_routers_causal_safe(lm_model, sequences, rou
         assert causal_leak(model, sequences, training=training) < 1e-5
 
 
-def test_position_groups_route_each_position_on_its_own(lm_model, sequences):
-    model = lm_model("expert_choice", {"routing_groups": "position"})
-    B, L = sequences.shape
-    block = model.blocks[0].ffn
-    x_BLD = torch.randn(B, L, 32)
-    y_BLD, stats = block(x_BLD, RouterContext(token_ids_T=sequences.reshape(-1), batch_shape=(B, L)))
-    for pos in (0, L - 1):  # the same block on one position's tokens alone
-        y_BD, _ = block._route(x_BLD[:, pos], RouterContext(token_ids_T=sequences[:, pos]))
-        torch.testing.assert_close(y_BLD[:, pos], y_BD)
-    C = 2 * B // 4  # cf * B / E tokens per expert in every group
-    assert stats.kept_E.tolist() == [C * L] * 4 and stats.routing_groups == L
-    assert stats.experts_per_token_T.shape == (B * L,)
-
-
 def test_leaky_configs_are_refused_on_causal_tasks(make_config):
     for leaky in (["router=expert_choice"], ["router=top1", "moe.drop_policy=score"]):
         with pytest.raises(ConfigError, match="moe.routing_groups"):
@@ -127,6 +113,10 @@ def test_leaky_configs_are_refused_on_causal_tasks(make_config):
         make_config(*leaky, "task=shakespeare_char", "router.allow_leaky=true")
         make_config(*leaky, "task=synthetic")  # not causal: nothing to leak
     make_config("router=top1", "task=shakespeare_char")
+    # A router dropless by its own config drops nothing, by score or otherwise.
+    make_config("router=hash", "moe.drop_policy=score", "task=shakespeare_char")
+    with pytest.raises(ConfigError, match="moe.routing_groups"):
+        make_config("router=hash", "router.dropless=false", "moe.drop_policy=score", "task=shakespeare_char")
 
 
 def test_run_records_the_measured_leak(make_config, random_tokens):

@@ -86,9 +86,8 @@ def test_moving_average_baseline_is_a_buffer_updated_by_the_hook():
 
 
 def test_moving_average_baseline_moves_once_per_step_under_position_groups():
-    """moe.routing_groups=position calls the hook once per position: the
-    baseline of a step is the same for every group, and the step's mean
-    reward moves it once."""
+    """moe.routing_groups=position: the baseline of a step is the same for
+    every group, and the step's mean reward moves it once."""
     torch.manual_seed(0)
     B, L, D = 2, 4, 4
     router = RLRouter(RLConfig(name="rl", baseline_decay=0.5), D, 4, None)

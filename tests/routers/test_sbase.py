@@ -13,7 +13,7 @@ def test_plan_marginals_match_targets(tol):
     g = torch.Generator().manual_seed(0)
     T, E = 96, 8
     logits_TE = 2 * torch.randn(T, E, generator=g) + torch.linspace(0, 3, E)  # skewed to the last expert
-    plan_TE = sinkhorn_plan(logits_TE, max_iters=10_000, tol=tol)[0].exp()
+    plan_TE = sinkhorn_plan(logits_TE[None], max_iters=10_000, tol=tol)[0][0].exp()
     torch.testing.assert_close(plan_TE.sum(1), torch.ones(T))  # one unit per token
     assert ((plan_TE.sum(0) / (T / E) - 1).abs().max()) <= tol  # an equal share per expert
 
