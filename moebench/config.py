@@ -57,7 +57,8 @@ class TrainerConfig:
     eval_batches: int = 8
     log_every_s: float = 2.0
     device: str = "auto"
-    num_threads: Optional[int] = None  # torch CPU threads; 1 per job for parallel sweeps
+    # torch CPU threads; null: half the usable cores (train.resolve_threads); 1 per job for sweeps
+    num_threads: Optional[int] = None
     dtype: str = "float32"  # autocast dtype on CUDA; the router stays float32
     # A run that skips more than this share of steps (NaN/Inf loss or
     # gradients) ends with status "diverged".

@@ -22,7 +22,7 @@ from moebench.record import (SCHEMA_VERSION, config_hash, environment, find_comp
 from moebench.routers.oracle import OracleConfig
 from moebench.tasks import TASKS, Task
 from moebench.tasks.data import cache_dir
-from moebench.train import TrainResult, resolve_device, train
+from moebench.train import TrainResult, resolve_device, resolve_threads, train
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +55,7 @@ def run(cfg: RunConfig) -> Path:
         log.info("already completed, skipping: %s", done)
         return done
     check_writable(cfg.results_dir)
-    if cfg.trainer.num_threads is not None:
-        torch.set_num_threads(cfg.trainer.num_threads)
+    torch.set_num_threads(resolve_threads(cfg.trainer.num_threads))
     env = environment(resolve_device(cfg.trainer.device).type)
     with sigterm_raises():
         task = TASKS.get(cfg.task.name).cls(cfg.task, cfg.data, cfg.seed)

@@ -101,3 +101,14 @@ def test_mid_run_evaluations_do_not_change_the_training(make_config):
                           f"trainer.eval_every={every}")
         final[every] = train(cfg, task).metrics["val_loss"]
     assert final[2] == final[1000]
+
+
+def test_default_threads_are_half_the_usable_cores(monkeypatch):
+    """On a shared 2-core machine all cores ran 2-3x slower than one thread
+    once another process kept a core busy (README, "CPU threads")."""
+    from moebench.train import resolve_threads
+
+    for cores, expected in [({0}, 1), ({0, 1}, 1), (set(range(16)), 8)]:
+        monkeypatch.setattr("os.sched_getaffinity", lambda pid, cores=cores: cores)
+        assert resolve_threads(None) == expected
+    assert resolve_threads(3) == 3  # trainer.num_threads as set
