@@ -29,8 +29,7 @@ speed, not quality, so it allows them; each entry's ``future_leak`` names the
 leak. ``--grouping position`` also times every MoE router with
 ``moe.routing_groups=position``, the causal way (its entries carry
 ``step_s_vs_all``: its median step over the ungrouped one's); Soft MoE's slots
-are then sized for a position group, ``router.group_size`` = B (see
-moebench/validation.py).
+are then sized for a position group of B tokens (conf/router/soft.yaml).
 
 The interleaved setups share torch's global random stream (top-2's second
 expert, noise, sampling), so their routing differs from a run's by chance:
@@ -116,11 +115,6 @@ def configure(task: str, router: str, grouping: str,
     if TASKS.get(task).cls.causal:
         overrides.append("router.allow_leaky=true")  # only permits; the leak is recorded
     try:
-        if grouping == "position" and "group_size" in ROUTERS.get(router).config_cls.__dataclass_fields__:
-            # Soft MoE's slots sized for a position group's B tokens (moebench/validation.py).
-            block_size = getattr(load_config(f"task={task}", f"model={MODEL}").task, "block_size", None)
-            if block_size:
-                overrides.append(f"router.group_size={args.batch_tokens // block_size}")
         return overrides, load_config(*overrides)
     except (ConfigError, HydraException, OmegaConfBaseException) as e:
         fail(f"cannot configure {task}/{router}: {explain(e)}")

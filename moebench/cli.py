@@ -40,6 +40,21 @@ from moebench.routers import ROUTERS
 from moebench.tasks import TASKS
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def position_group_tokens(routing_groups: str, batch_tokens: int, block_size: int | None) -> int | None:
+    """``${position_group_tokens:...}`` in conf/: the tokens of one position
+    group, B = batch_tokens / block_size, under ``moe.routing_groups=position``
+    on a sequence task; else None. Soft MoE sizes its slots by it
+    (conf/router/soft.yaml)."""
+    if routing_groups != "position" or block_size is None:
+        return None
+    return max(1, batch_tokens // block_size)
+
+
+# At import: Hydra's joblib workers compose their job's config in a new
+# process, which imports this module for the task function.
+OmegaConf.register_new_resolver("position_group_tokens", position_group_tokens, replace=True)
 EXIT_BAD_INPUT = 2
 # Hydra flags that change which config is loaded: then Hydra checks alone.
 _CONFIG_FLAGS = {"-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir"}

@@ -29,8 +29,6 @@ def test_every_router_task_pair_composes(router, task):
         with pytest.raises(ConfigError, match="moe.routing_groups"):
             load_config(f"router={router}", f"task={task}")
     groups = ["moe.routing_groups=position"] if leaky else []
-    if leaky and router == "soft":  # its slots sized for a position group (tests/test_validation.py)
-        groups.append("router.group_size=8")
     cfg = load_config(f"router={router}", f"task={task}", *groups)
     assert (cfg.router.name, cfg.task.name) == (router, task)
     assert type(cfg.router) is ROUTERS.get(router).config_cls

@@ -49,16 +49,18 @@ def test_a_sequence_longer_than_a_step_is_refused(capsys):
     cli.preflight(["task=wikitext2_mlm", "model.block_size=1024"])  # not causal: one suffices
 
 
-def test_soft_moe_under_position_groups_must_be_told_the_group_size(capsys):
-    """Its slots are sized for a sequence by default: under position groups a
-    group has B tokens, and a sequence's worth of slots would be 16x the
-    expert FLOPs here. The error names B."""
+def test_soft_moe_slots_follow_the_position_group(capsys):
+    """Under position groups a group has B tokens: by default Soft MoE sizes
+    its slots for B, not for a sequence (16x the expert FLOPs here); a group
+    size set to null is refused with B named."""
+    cfg = cli.load_config("router=soft", "task=shakespeare_char", "moe.routing_groups=position",
+                          "trainer.batch_tokens=2048")
+    assert cfg.router.group_size == 16  # 2048 tokens / 128 per sequence
+    assert cli.load_config("router=soft", "task=shakespeare_char", "router.allow_leaky=true").router.group_size is None
+    assert cli.load_config("router=soft", "task=synthetic", "moe.routing_groups=position").router.group_size is None
     line = preflight_error(capsys, "router=soft", "task=shakespeare_char", "moe.routing_groups=position",
-                           "trainer.batch_tokens=2048")
+                           "trainer.batch_tokens=2048", "router.group_size=null")
     assert "router.group_size" in line and "here 16" in line
-    cli.preflight(["router=soft", "task=shakespeare_char", "moe.routing_groups=position",
-                   "router.group_size=8"])
-    cli.preflight(["router=soft", "task=synthetic", "moe.routing_groups=position"])  # no positions
 
 
 def test_cuda_without_a_gpu_is_refused_unless_the_jobs_run_elsewhere(capsys, monkeypatch):
