@@ -29,6 +29,13 @@ al. balance thousands of tokens per worker; a group of at least 4E tokens (B >=
 32 for E = 8, e.g. ``trainer.batch_tokens=4096`` at the ``tiny`` preset) lets
 most tokens reach a preferred expert.
 
+Cost: the auction is a loop of rounds (50-80 at T = 1024, E = 8), each a
+dozen small tensor ops that wait for the previous round, so on a CPU it
+costs more than the layer's FLOPs: BASE reaches 0.15x (synthetic) and 0.36x
+(Tiny Shakespeare) of the equal-FLOPs dense model's FLOP/s, 0.5-0.7x on the
+word-level tasks whose steps are longer (results/bench/train_step_cpu.json).
+A coarser auction_eps trades optimality (T * eps) for rounds.
+
 The training assignment balances all T tokens of a routing group together
 (``RouterContext.num_groups``; the groups' auctions run as one batch), so a
 token's expert depends on the others, later positions of its own sequence

@@ -10,7 +10,13 @@ DeepSeekMoE (Dai et al. 2024, arXiv:2401.06066), section 3:
       h_t = sum_{i <= K_s} FFN_i(u_t) + sum_{i > K_s} g_{i,t} FFN_i(u_t) + u_t.
 
 With the same E, F and K, FLOPs and parameters equal those of the coarse
-top-K layer, so the comparison with top1 / top2 is at equal cost.
+top-K layer, so the comparison with top1 / top2 is at equal cost. Not at
+equal speed: the same FLOPs run as m times as many matmuls, each m times
+smaller (31 routed experts of width F / 4 at the defaults), where a CPU's
+per-call cost dominates: 0.29x (synthetic) and 0.43x (Tiny Shakespeare) of
+the dense model's FLOP/s, 0.55-0.73x on the word-level tasks
+(results/bench/train_step_cpu.json). That is the price of fine granularity
+on small matrices, which the benchmark reports rather than hides.
 
 Auxiliary-loss-free load balancing (DeepSeek-V3, arXiv:2412.19437, section
 2.1.2; Wang et al. 2024, arXiv:2408.15664): a per-expert bias b_e is added to
