@@ -42,12 +42,16 @@ from moebench.tasks import TASKS
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
-def position_group_tokens(routing_groups: str, batch_tokens: int, block_size: int | None) -> int | None:
+def position_group_tokens(routing_groups: str, task: str, batch_tokens: int,
+                          block_size: int | None) -> int | None:
     """``${position_group_tokens:...}`` in conf/: the tokens of one position
-    group, B = batch_tokens / block_size, under ``moe.routing_groups=position``
-    on a sequence task; else None. Soft MoE sizes its slots by it
-    (conf/router/soft.yaml)."""
-    if routing_groups != "position" or block_size is None:
+    group, B = batch_tokens / block_size, on a sequence task whose tokens are
+    routed by position (``moe.routing_groups=position``, or ``auto`` on a
+    causal task); else None. Soft MoE sizes its slots by it
+    (conf/router/soft.yaml), and compares tokens, so ``auto`` groups it by
+    position exactly on the causal tasks (moe/grouping.py)."""
+    by_position = routing_groups == "position" or (routing_groups == "auto" and TASKS.get(task).cls.causal)
+    if not by_position or block_size is None:
         return None
     return max(1, batch_tokens // block_size)
 

@@ -54,6 +54,10 @@ class TrainerConfig:
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     eval_every: int = 100
+    # Evaluate at this many evenly spaced steps, the last at the final step
+    # (train.eval_steps), whatever the budget's step count; null: every
+    # eval_every steps. When set, it wins over eval_every.
+    eval_points: Optional[int] = None
     eval_batches: int = 8
     log_every_s: float = 2.0
     device: str = "auto"

@@ -5,18 +5,30 @@
 writes ``leaderboard.md`` (per task, routers ranked by quality, mean and 95%
 CI over seeds, with drop rate, load balance, FLOPs, parameters and speed),
 ``leaderboard.csv`` (the same, unformatted), ``index.html`` (tables and
-figures on one self-contained page) and ``figures/*.svg``. The output is a
-pure function of the records: regenerating gives byte-identical files.
-Only completed runs are ranked; diverged and interrupted runs are counted in
-a note under their task's table. The files are replaced all together or not
-at all (:mod:`moebench.reporting.output`), and never by a leaderboard of no
-records. A sweep ends with a fresh leaderboard when
+figures on one self-contained page) and ``figures/*.svg``. At the top: the
+commits the records came from (:mod:`moebench.reporting.provenance`) and
+which router to use across tasks (``cross_task.csv``,
+:mod:`moebench.reporting.crosstask`); after the tasks, each router's paired
+differences to dense (active) and to the best router (``paired.csv``, forest
+plots; :mod:`moebench.reporting.paired`). Every table also
+shows reference rows, never ranked: the count models (unigram, bigram,
+Kneser-Ney trigram; the majority class on the synthetic task) scored on the
+runs' own evaluation tokens, read from the data sets under ``--data``
+(default ``$MOEBENCH_DATA``), and oracle routing on the synthetic task. A
+table whose dense (active) baseline is not clearly better than the best
+count model ranks nothing (:mod:`moebench.reporting.guard`). The output is a
+pure function of the records and the data files: regenerating gives
+byte-identical files. Only completed runs are ranked; diverged and
+interrupted runs are counted in a note under their task's table. The files
+are replaced all together or not at all (:mod:`moebench.reporting.output`),
+and never by a leaderboard of no records. A sweep ends with a fresh leaderboard when
 :class:`LeaderboardCallback` is among Hydra's callbacks.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import html
 import logging
 import sys
@@ -25,38 +37,57 @@ from typing import Any
 
 import pandas as pd
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from moebench.cli import fail
+from moebench.config import DataConfig
 from moebench.errors import ConfigError
-from moebench.reporting.figures import task_figures
+from moebench.reporting.crosstask import (
+    CrossTask, cross_task_notes, cross_task_summary, cross_task_table,
+)
+from moebench.reporting.figures import paired_figures, task_figures
+from moebench.reporting.guard import GUARD_RULE, Verdict, apply_guard
 from moebench.reporting.output import write_files
-from moebench.reporting.ranking import LEAK_TOLERANCE, RANK_RULE, REFERENCE_ROUTERS, mean_ci, summarize
+from moebench.reporting.paired import PAIRED_RULE, paired_differences, paired_table
+from moebench.reporting.provenance import provenance_line, with_commits
+from moebench.reporting.ranking import LEAK_TOLERANCE, RANK_RULE, summarize
+from moebench.reporting.references import COUNT_MODEL, reference_rows
 from moebench.reporting.render import (
-    figure_svg, html_figure, html_page, html_table, markdown_table, mean_and_interval, si,
+    exact, figure_svg, html_figure, html_page, html_table, markdown_table, mean_and_interval, si,
 )
 from moebench.results import Results, load_results
+from moebench.tasks.data import default_data
 
 log = logging.getLogger(__name__)
 
 TITLE = "moebench leaderboard"
-Section = tuple[str, "pd.DataFrame | None", list[str]]  # task, its table (None: no run completed), notes
+# task, its table (None: no run completed), the line above it (the guard's mark), notes below it
+Section = tuple[str, "pd.DataFrame | None", "str | None", list[str]]
+# the provenance line, the cross-task table (None: no task entered), the notes under it
+Lead = tuple[str, "pd.DataFrame | None", list[str]]
+# task, the line above its table (not ranked), its paired differences, its forest plot (name, caption, svg)
+PairedSection = tuple[str, "str | None", pd.DataFrame, "tuple[str, str, bytes] | None"]
+PAIRED_TITLE, CROSS_TASK_TITLE = "Paired differences to dense (active)", "Which router should I use?"
+NOTES_TITLE = "How the tables are made"
 
 
 def display_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """One task's summary as the strings the Markdown and HTML tables show."""
+    """One task's summary and reference rows as the strings the Markdown and
+    HTML tables show. Ranks: a number, ``ref`` (reference rows), ``leaky``,
+    or ``unranked`` (a table not past the count models)."""
     metric = summary["quality_metric"].iloc[0]
+    counted = summary["router"] == COUNT_MODEL  # exact numbers: no seeds, no interval
 
     def percent(value: float) -> str:
         return "" if pd.isna(value) else f"{100 * value:.1f}%"
 
     return pd.DataFrame({
-        "rank": [("leaky" if leaky else "ref" if pd.isna(r) else str(r))
-                 for r, leaky in zip(summary["rank"], summary["leaky"])],
+        "rank": [("leaky" if leaky else "ref" if reference else "unranked" if pd.isna(r) else str(r))
+                 for r, leaky, reference in zip(summary["rank"], summary["leaky"], summary["reference"])],
         "router": summary["setup"],
-        "seeds": summary["seeds"].astype(str),
-        f"{metric} (mean ± 95% CI)": [mean_and_interval(m, ci) for m, ci in
-                                      zip(summary["quality_mean"], summary["quality_ci95"])],
+        "seeds": ["" if c else str(n) for c, n in zip(counted, summary["seeds"])],
+        f"{metric} (mean ± 95% CI)": [exact(m) if c else mean_and_interval(m, ci) for m, ci, c in
+                                      zip(summary["quality_mean"], summary["quality_ci95"], counted)],
         "drop rate": summary["drop_rate"].map(percent),
         "load CV": summary["load_cv"].map(lambda v: si(v, 3)),
         "max/mean load": summary["load_max_over_mean"].map(lambda v: si(v, 3)),
@@ -70,13 +101,6 @@ def task_notes(runs: pd.DataFrame) -> list[str]:
     """What a reader of one task's table must know: direction, exclusions."""
     metric, higher_is_better = runs["quality_metric"].iloc[0], runs["higher_is_better"].iloc[0]
     notes = [f"{'Higher' if higher_is_better else 'Lower'} {metric} is better."]
-    completed = runs[runs["status"] == "completed"]
-    if "oracle_quality" in completed and completed["oracle_quality"].notna().any():
-        # The oracle trains beside every run at its budget: one value per seed.
-        per_seed = completed.groupby("seed")["oracle_quality"].mean().dropna()
-        mean, ci = mean_ci(per_seed)
-        notes.append(f"Oracle routing (each token to its true cluster's expert, same model and "
-                     f"budget): {metric} {mean_and_interval(mean, ci)} over {len(per_seed)} seed(s).")
     left_out = runs[runs["status"] != "completed"]
     if not left_out.empty:
         counts = left_out["status"].value_counts().sort_index()
@@ -87,9 +111,14 @@ def task_notes(runs: pd.DataFrame) -> list[str]:
 
 
 def general_notes(skipped: tuple[tuple[str, str], ...]) -> list[str]:
-    notes = [RANK_RULE, f"Reference rows (rank 'ref'; {', '.join(REFERENCE_ROUTERS)}) are shown "
-             "for comparison and not ranked: the dense baselines do not route, the oracle routes "
-             "by the true cluster. Rows ranked 'leaky' are not ranked either: their measured "
+    notes = [RANK_RULE, "Reference rows (rank 'ref') are shown for comparison and not ranked: the "
+             "dense baselines (dense, dense_total) do not route; the oracle router, and on the "
+             "synthetic task the 'oracle routing' row (the same model and budget, trained beside each "
+             "run), route by the true cluster, which no router can see; the count models (an add-one "
+             "unigram, an add-0.1 bigram and an interpolated modified Kneser-Ney trigram; on the "
+             "synthetic task, the majority class) are fitted on the training split and scored on the "
+             "tokens the runs were evaluated on: what counting alone achieves. " + GUARD_RULE
+             + " Rows ranked 'leaky' are not ranked either: their measured "
              f"causal_leak exceeded {LEAK_TOLERANCE:g}, so a position saw later tokens of its "
              "sequence and the quality is not a fair language-modelling number. Other columns "
              "are means over seeds; drop rate and load are measured in evaluation, tokens/s in "
@@ -98,52 +127,127 @@ def general_notes(skipped: tuple[tuple[str, str], ...]) -> list[str]:
     return notes
 
 
-def task_sections(results: Results, summary: pd.DataFrame) -> list[Section]:
+def with_references(summary: pd.DataFrame, references: pd.DataFrame,
+                    verdicts: dict[str, Verdict]) -> pd.DataFrame:
+    """The summary with each task's reference rows after its own, and the
+    guard's verdict on every row (``past_count_models``: empty where not checked)."""
+    references = references.assign(rank=pd.array([pd.NA] * len(references), dtype="Int64"))
+    parts = [frame for task in sorted(summary["task"].unique())
+             for frame in (summary[summary["task"] == task], references[references["task"] == task])
+             if not frame.empty]
+    table = pd.concat(parts, ignore_index=True) if parts else summary
+    return table.assign(past_count_models=table["task"].map(lambda task: verdicts[task].passed))
+
+
+def task_sections(results: Results, table: pd.DataFrame, verdicts: dict[str, Verdict],
+                  reference_notes: dict[str, list[str]]) -> list[Section]:
     sections = []
     for task in sorted(results.runs["task"].unique()):
-        rows = summary[summary["task"] == task]
-        sections.append((task, None if rows.empty else display_table(rows),
-                         task_notes(results.runs[results.runs["task"] == task])))
+        rows = table[table["task"] == task]
+        verdict = verdicts.get(task)
+        notes = task_notes(results.runs[results.runs["task"] == task]) + reference_notes.get(task, [])
+        if verdict is not None and verdict.passed is not False:
+            notes.append(verdict.text)
+        mark = verdict.text if verdict is not None and verdict.passed is False else None
+        sections.append((task, None if rows.empty else display_table(rows), mark, notes))
     return sections
 
 
-def markdown(title: str, notes: list[str], sections: list[Section]) -> str:
-    lines = [f"# {title}", ""]
+def lead(runs: pd.DataFrame, cross_task: CrossTask) -> Lead:
+    """What the page opens with: where all ``runs`` came from, and which router to use."""
+    table = cross_task_table(cross_task) if cross_task.tasks else None
+    return provenance_line(runs), table, cross_task_notes(cross_task)
+
+
+def paired_sections(paired: pd.DataFrame, summary: pd.DataFrame,
+                    forests: list[tuple[str, str, bytes]]) -> list[PairedSection]:
+    """Per task with paired differences, its table (the summary's order) and forest plot."""
+    by_name = {forest[0]: forest for forest in forests}
+    sections = []
+    for task, rows in paired.groupby("task", sort=True):
+        of_task = summary[(summary["task"] == task) & ~summary["reference"].astype(bool)]
+        mark = None if rows["ranked"].all() else ("Not ranked (not past the count models): the differences "
+                                                  "are shown for information.")
+        sections.append((task, mark, paired_table(rows, of_task["setup"].tolist()),
+                         by_name.get(f"{task}-paired_differences")))
+    return sections
+
+
+def markdown(title: str, notes: list[str], sections: list[Section], top: Lead,
+             paired: list[PairedSection]) -> str:
+    provenance, cross_task, cross_notes = top
+    lines = [f"# {title}", "", provenance, "", f"## {CROSS_TASK_TITLE}", ""]
+    if cross_task is not None:
+        lines += [markdown_table(cross_task), ""]
+    lines += [f"{note}  " for note in cross_notes] + ["", f"## {NOTES_TITLE}", ""]
     for note in notes:
         lines += [note, ""]
-    for task, table, remarks in sections:
+    for task, table, mark, remarks in sections:
         lines += [f"## {task}", ""]
+        if mark is not None:
+            lines += [f"**{mark}**", ""]
         if table is not None:
             lines += [markdown_table(table), ""]
         lines += [f"{note}  " for note in remarks] + [""]  # two spaces: a line break
+    if paired:
+        lines += [f"## {PAIRED_TITLE}", "", PAIRED_RULE, ""]
+    for task, mark, table, _ in paired:
+        lines += [f"### {task}", ""] + ([f"**{mark}**", ""] if mark else []) + [markdown_table(table), ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
 def html_report(title: str, notes: list[str], sections: list[Section],
-                figures: list[tuple[str, str, bytes]]) -> str:
-    blocks = [f'<p class="note">{html.escape(note)}</p>' for note in notes]
-    for task, table, remarks in sections:
+                figures: list[tuple[str, str, bytes]], top: Lead, paired: list[PairedSection]) -> str:
+    provenance, cross_task, cross_notes = top
+    blocks = [f"<p>{html.escape(provenance)}</p>", f"<h2>{html.escape(CROSS_TASK_TITLE)}</h2>"]
+    blocks += [] if cross_task is None else [html_table(cross_task)]
+    blocks += [f'<p class="note">{html.escape(note)}</p>' for note in cross_notes]
+    blocks.append(f"<h2>{NOTES_TITLE}</h2>")
+    blocks += [f'<p class="note">{html.escape(note)}</p>' for note in notes]
+    for task, table, mark, remarks in sections:
         blocks.append(f"<h2>{html.escape(task)}</h2>")
+        if mark is not None:
+            blocks.append(f"<p><strong>{html.escape(mark)}</strong></p>")
         if table is not None:
             blocks.append(html_table(table))
         blocks += [f'<p class="note">{html.escape(note)}</p>' for note in remarks]
+    if paired:
+        blocks += [f"<h2>{html.escape(PAIRED_TITLE)}</h2>", f'<p class="note">{html.escape(PAIRED_RULE)}</p>']
+    for task, mark, table, forest in paired:
+        blocks.append(f"<h3>{html.escape(task)}</h3>")
+        blocks += [] if mark is None else [f"<p><strong>{html.escape(mark)}</strong></p>"]
+        blocks.append(html_table(table))
+        blocks += [] if forest is None else [html_figure(forest[1], forest[2])]
     if figures:
         blocks.append("<h2>Figures</h2>")
         blocks += [html_figure(caption, svg) for _, caption, svg in figures]
     return html_page(title, blocks)
 
 
-def write_reports(results: Results, out: Path, title: str = TITLE) -> list[Path]:
+def write_reports(results: Results, out: Path, title: str = TITLE,
+                  data: DataConfig | None = None) -> list[Path]:
     """Write the leaderboard files and figures of ``results`` into ``out``,
-    removing figures of tasks no longer in the results; all or nothing."""
+    removing figures of tasks no longer in the results; all or nothing. The
+    count-model references come from the data sets of ``data`` (default:
+    :func:`default_data`)."""
     ranked = results.where(results.runs["status"] == "completed")
-    summary = summarize(ranked.runs)
-    figures = [(name, caption, figure_svg(fig)) for name, caption, fig in task_figures(ranked, summary)]
-    notes, sections = general_notes(results.skipped), task_sections(results, summary)
-    files = {"leaderboard.md": markdown(title, notes, sections).encode(),
-             "leaderboard.csv": summary.to_csv(index=False, lineterminator="\n").encode(),
-             "index.html": html_report(title, notes, sections, figures).encode(),
-             **{f"figures/{name}.svg": svg for name, _, svg in figures}}
+    references, reference_notes = reference_rows(ranked, data or default_data())
+    summary, verdicts = apply_guard(summarize(ranked.runs), references)
+    table = with_references(summary, references, verdicts)
+    figures = [(name, caption, figure_svg(fig))
+               for name, caption, fig in task_figures(ranked, summary, references)]
+    notes = general_notes(results.skipped)
+    sections = task_sections(results, table, verdicts, reference_notes)
+    paired = paired_differences(ranked.runs, summary)
+    cross_task = cross_task_summary(ranked.runs, summary, paired)
+    forests = [(name, caption, figure_svg(fig)) for name, caption, fig in paired_figures(paired, ranked.runs)]
+    top, paired_parts = lead(results.runs, cross_task), paired_sections(paired, summary, forests)
+    files = {"leaderboard.md": markdown(title, notes, sections, top, paired_parts).encode(),
+             "leaderboard.csv": table.to_csv(index=False, lineterminator="\n").encode(),
+             "paired.csv": paired.to_csv(index=False, lineterminator="\n").encode(),
+             "cross_task.csv": cross_task.table.to_csv(index=False, lineterminator="\n").encode(),
+             "index.html": html_report(title, notes, sections, figures, top, paired_parts).encode(),
+             **{f"figures/{name}.svg": svg for name, _, svg in figures + forests}}
     return write_files(out, files, owned="figures/*.svg")
 
 
@@ -156,16 +260,18 @@ def load(results_dir: str | Path) -> Results:
     """The records under ``results_dir``, skipped files reported on stderr;
     ConfigError when none is valid: an empty or mistyped folder must not
     replace the reports with nothing."""
-    results = load_results(results_dir)
+    results = with_commits(load_results(results_dir), results_dir)
     report_skipped(results, results_dir)
     if results.runs.empty:
         raise ConfigError("--results", str(results_dir), "a folder holding at least one valid run record")
     return results
 
 
-def build(results_dir: str | Path, out: str | Path) -> list[Path]:
-    """Load every record under ``results_dir`` and write the leaderboard to ``out``."""
-    return write_reports(load(results_dir), Path(out))
+def build(results_dir: str | Path, out: str | Path, data: DataConfig | None = None,
+          title: str = TITLE) -> list[Path]:
+    """Load every record under ``results_dir`` and write the leaderboard to
+    ``out``, with count-model references from the data sets of ``data``."""
+    return write_reports(load(results_dir), Path(out), title=title, data=data)
 
 
 def check_results_dir(path: str) -> None:
@@ -177,12 +283,17 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m moebench.leaderboard",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", default="results", help="folder of run records, read recursively "
-                        "(results/bench and results/baselines are not records); default: results")
+                        "(results/bench and results/baselines are not records, and results/quick and "
+                        "results/experts are read on their own); default: results")
+    parser.add_argument("--title", default=TITLE, help=f"the page's title; default: {TITLE!r}")
     parser.add_argument("--out", default="reports", help="output folder; default: reports")
+    parser.add_argument("--data", default=None, help="folder of the data sets, for the count-model "
+                        "references; default: $MOEBENCH_DATA")
     args = parser.parse_args(argv)
     check_results_dir(args.results)
+    data = default_data() if args.data is None else dataclasses.replace(default_data(), root=args.data)
     try:
-        written = build(args.results, args.out)
+        written = build(args.results, args.out, data, args.title)
     except ConfigError as e:
         fail(f"{e} ({args.out}/ left as it is)")
     print(f"wrote {len(written)} files to {args.out}/")
@@ -198,15 +309,20 @@ class LeaderboardCallback(Callback):
               results: results
               out: reports
 
-    Relative paths are taken from the directory the sweep was started in.
+    Relative paths are taken from the directory the sweep was started in;
+    the count models read the sweep's data sets (``data.root``, ``data.cache_dir``).
     """
 
-    def __init__(self, results: str = "results", out: str = "reports") -> None:
-        self.results, self.out = results, out
+    def __init__(self, results: str = "results", out: str = "reports", title: str = TITLE) -> None:
+        self.results, self.out, self.title = results, out, title
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         cwd = Path(config.hydra.runtime.cwd)
-        written = build(cwd / self.results, cwd / self.out)
+        root, cache = (OmegaConf.select(config, f"data.{key}", default=None)
+                       for key in ("root", "cache_dir"))
+        data = DataConfig(root=None if root is None else str(cwd / root),
+                          cache_dir=None if cache is None else str(cwd / cache))
+        written = build(cwd / self.results, cwd / self.out, data, self.title)
         log.info("leaderboard: wrote %d files to %s", len(written), cwd / self.out)
 
 

@@ -10,7 +10,12 @@ baselines), ``variant`` (``dense (active)``), ``setup``, ``seed``, ``status``,
 ``run_id``, ``config.<key>`` for any key of the resolved config (e.g.
 ``config.moe.capacity_factor``), or a metric. Numbers compare as numbers
 (``1`` selects ``1.0``). The report is the leaderboard's set of files (tables,
-figures, ``index.html``) for the selected runs.
+figures, ``index.html``) for the selected runs; with ``--experts``, the
+expert-count report instead (quality against the number of experts, Clark et
+al. 2022, Figure 1: ``experts.md``, ``.csv``, ``.svg``;
+:mod:`moebench.reporting.experts`):
+
+    python -m moebench.report --experts --results results/experts --out reports
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ import pandas as pd
 from moebench.cli import fail
 from moebench.errors import ConfigError
 from moebench.leaderboard import check_results_dir, load, write_reports
+from moebench.reporting.experts import experts_files
+from moebench.reporting.output import write_files
 from moebench.results import Results
 
 EXAMPLE = "e.g. task=synthetic router=top1,top2"
@@ -85,14 +92,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("selection", nargs="*", help="KEY=VALUE[,VALUE...]; none: every run")
     parser.add_argument("--out", required=True, help="output folder, e.g. reports/top1-vs-top2")
     parser.add_argument("--results", default="results", help="folder of run records; default: results")
+    parser.add_argument("--experts", action="store_true", help="write the expert-count report "
+                        "(experts.md, .csv, .svg: quality against the number of experts) instead")
     args = parser.parse_args(argv)
     check_results_dir(args.results)
     try:
         selected = select(load(args.results), parse_selection(args.selection))
+        experts = experts_files(selected.runs) if args.experts else None
     except ConfigError as e:
         fail(str(e))
-    title = f"moebench report: {' '.join(args.selection) or 'all runs'}"
-    written = write_reports(selected, Path(args.out), title)
+    if experts is not None:
+        written = write_files(Path(args.out), experts, owned="experts.*")
+    else:
+        title = f"moebench report: {' '.join(args.selection) or 'all runs'}"
+        written = write_reports(selected, Path(args.out), title)
     print(f"wrote {len(written)} files to {args.out}/")
 
 

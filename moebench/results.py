@@ -39,7 +39,9 @@ import pandas as pd
 
 from moebench.record import RESULT_NEUTRAL_KEYS, SCHEMA_VERSION
 
-NOT_RECORDS = ("bench", "baselines")  # subfolders of results/ that hold other JSON
+# Subfolders of results/ that hold other JSON, or other experiments' records
+# (the smoke-test tier, the expert-count experiment), each read on its own.
+NOT_RECORDS = ("bench", "baselines", "quick", "experts")
 STATUSES = ("completed", "diverged", "interrupted")
 # Config keys that do not change what a run measures (record.RESULT_NEUTRAL_KEYS
 # says why): not part of a setup; the seed tells the runs of a setup apart.
@@ -71,6 +73,9 @@ class Results:
     loads: pd.DataFrame  # (run, layer, expert, load): metrics.per_layer[i].load_E
     positions: pd.DataFrame  # (run, position, drop_rate): metrics.drop_rate_by_position
     clusters: pd.DataFrame  # (run, layer, cluster, expert, count): per_layer[i].cluster_expert
+    # (run, last_step, first_step, steps, train_tokens, train_loss): train_loss_curve,
+    # empty for records from before it was recorded
+    train_losses: pd.DataFrame
     skipped: tuple[tuple[str, str], ...] = ()  # (path, reason) of the files left out
 
     def where(self, keep: pd.Series) -> Results:
@@ -79,7 +84,8 @@ class Results:
         ids = set(runs["run_id"])
         pick = {name: frame[frame["run_id"].isin(ids)].reset_index(drop=True)
                 for name, frame in [("curves", self.curves), ("loads", self.loads),
-                                    ("positions", self.positions), ("clusters", self.clusters)]}
+                                    ("positions", self.positions), ("clusters", self.clusters),
+                                    ("train_losses", self.train_losses)]}
         return replace(self, runs=runs.reset_index(drop=True), **pick)
 
 
@@ -102,6 +108,10 @@ def validate(record: object) -> dict:
     _check_quality(record["metrics"].get("quality"), record["status"])
     if not all(isinstance(p, dict) and isinstance(p.get("step"), int) for p in record["curves"]):
         raise RecordError("curves must be a list of objects with an integer step")
+    losses = record.get("train_loss_curve", [])  # absent from records before it was recorded
+    if not (isinstance(losses, list)
+            and all(isinstance(p, dict) and isinstance(p.get("last_step"), int) for p in losses)):
+        raise RecordError("train_loss_curve must be a list of objects with an integer last_step")
     metrics = record["metrics"]
     per_layer = metrics.get("per_layer", [])
     if not (isinstance(per_layer, list) and all(isinstance(layer, dict) for layer in per_layer)):
@@ -329,7 +339,7 @@ def load_results(root: str | Path) -> Results:
     skipped = sorted(skipped + mixed + repeated)
     records = [record for _, record in found]
     setups = setup_names(records)
-    runs, curves, loads, positions, clusters = [], [], [], [], []
+    runs, curves, loads, positions, clusters, losses = [], [], [], [], [], []
     for (path, r), setup in zip(found, setups):
         ids = {"run_id": r["run_id"], "task": r["task"], "setup": setup, "seed": r["seed"]}
         m = r["metrics"]
@@ -339,6 +349,8 @@ def load_results(root: str | Path) -> Results:
                      **{f"config.{k}": v for k, v in flatten(r["config"]).items()
                         if not isinstance(v, (list, dict))}})
         curves += [{**ids, **_scalars(point), "step": point["step"]} for point in r["curves"]]
+        losses += [{**ids, **_scalars(point), "last_step": point["last_step"]}
+                   for point in r.get("train_loss_curve", [])]
         positions += [{**ids, "position": p, "drop_rate": _number(v)}
                       for p, v in enumerate(m.get("drop_rate_by_position", []))]
         for layer, stats in enumerate(m.get("per_layer", [])):
@@ -354,6 +366,7 @@ def load_results(root: str | Path) -> Results:
         loads=_frame(loads, ["layer", "expert"], ("load",)),
         positions=_frame(positions, ["position"], ("drop_rate",)),
         clusters=_frame(clusters, ["layer", "cluster", "expert"], ("count",)),
+        train_losses=_frame(losses, ["last_step"], ("first_step", "steps", "train_tokens", "train_loss")),
         skipped=tuple(skipped),
     )
 

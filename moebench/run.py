@@ -76,6 +76,7 @@ def run(cfg: RunConfig) -> Path:
                 "env": env,
                 "metrics": run_metrics(task, pretrained, result, oracle),
                 "curves": result.curves,
+                "train_loss_curve": result.train_loss_curve,
             }
             print(summary_table(record))
             path = save(record, cfg)

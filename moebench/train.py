@@ -12,7 +12,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor, nn
@@ -22,6 +22,7 @@ from moebench.evaluate import EVAL_SEED, batch_context, evaluate
 from moebench.interrupt import held_signals, signal_name
 from moebench.metrics.causality import task_causal_leak
 from moebench.metrics.flops import TrainFlops, forward_flops
+from moebench.metrics.loss_curve import LossCurve
 from moebench.metrics.probe import probing
 from moebench.metrics.routing import RoutingAccumulator
 from moebench.models.ffn import FFNFactory
@@ -39,6 +40,7 @@ class TrainResult:
     curves: list[dict]
     model: nn.Module
     interrupted_by: str | None = None  # SIGINT | SIGTERM when status is interrupted
+    train_loss_curve: list[dict] = field(default_factory=list)  # metrics/loss_curve.py
 
 
 def load_matching(model: nn.Module, state: dict[str, Tensor]) -> list[str]:
@@ -138,9 +140,33 @@ def budget_steps(cfg: TrainerConfig, tokens_per_step: int, forward_flops_per_tok
     return cfg.max_steps
 
 
-def curve_point(step: int, train_loss: float | None, evaluation: dict) -> dict:
+def eval_steps(t: TrainerConfig) -> set[int]:
+    """The steps (counted from 1) after which training stops to evaluate, the
+    final step left out: train() always evaluates at the end. With
+    ``eval_points``, that many points evenly spaced over ``max_steps`` (once
+    a budget has set it), the last at the end, so runs of any budget give
+    curves of as many points; it wins over ``eval_every``. A run of fewer
+    steps than points evaluates after every step."""
+    if t.eval_points is None:
+        return set(range(t.eval_every, t.max_steps, t.eval_every))
+    return {-(-i * t.max_steps // t.eval_points) for i in range(1, t.eval_points)} - {t.max_steps}
+
+
+def train_flops_spent(train_flops: TrainFlops, tokens: int) -> float | None:
+    """Training FLOPs spent on ``tokens``, counted as ``trainer.max_train_flops``
+    counts them (3x the forward FLOPs, :func:`budget_steps`), the forward as
+    executed by the steps taken so far (``train_flops_per_token``); None
+    before the first step."""
+    per_token = train_flops.summary()["train_flops_per_token"]
+    return None if per_token is None else 3 * per_token * tokens
+
+
+def curve_point(step: int, train_loss: float | None, evaluation: dict, train_tokens: int,
+                train_flops: float | None) -> dict:
+    """One evaluation of the curves, with how much training preceded it."""
     keys = ("loss", "quality", "drop_rate", "load_cv", "routing_entropy", "diagnostics")
-    point = {"step": step, "train_loss": train_loss}
+    point = {"step": step, "train_loss": train_loss, "train_tokens": train_tokens,
+             "train_flops": train_flops}
     point.update({("val_loss" if k == "loss" else k): evaluation[k] for k in keys if k in evaluation})
     return point
 
@@ -207,11 +233,14 @@ def train(cfg: RunConfig, task: Task, router_cfg=None, init_from: nn.Module | No
     train_flops = TrainFlops()
     window = RoutingAccumulator()
     train_time, tokens_seen, last_log = 0.0, 0, time.perf_counter()
+    loss_curve = LossCurve(t.max_steps)
     try:
         if t.max_tokens is not None or t.max_train_flops is not None:
             step_flops = training_forward_flops(model, task, batch_size)
             t = replace(t, max_steps=budget_steps(t, batch_size * task.tokens_per_example, step_flops))
+            loss_curve = LossCurve(t.max_steps)  # buckets sized for the steps the budget buys
             log.info("budget: %d steps", t.max_steps)
+        evaluate_at = eval_steps(t)
         optimizer = make_optimizer(model, t)
         autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.dtype == "bfloat16")
         generator = torch.Generator().manual_seed(cfg.seed)
@@ -235,6 +264,7 @@ def train(cfg: RunConfig, task: Task, router_cfg=None, init_from: nn.Module | No
             window.add(moe_stats)
             train_time += time.perf_counter() - started
             tokens_seen += batch.inputs.shape[0] * task.tokens_per_example
+            loss_curve.add(step + 1, task_loss, tokens_seen)
 
             now = time.perf_counter()
             if now - last_log >= t.log_every_s or step == t.max_steps - 1:
@@ -245,9 +275,10 @@ def train(cfg: RunConfig, task: Task, router_cfg=None, init_from: nn.Module | No
                     routing.get("load_cv", 0.0), tokens_seen / max(train_time, 1e-9),
                 )
                 window, last_log = RoutingAccumulator(), now
-            if (step + 1) % t.eval_every == 0 and step + 1 < t.max_steps:
+            if step + 1 in evaluate_at:
                 curves.append(curve_point(step + 1, task_loss.item(),
-                                          evaluate(model, task, task.eval_splits[0], cfg, batch_size)))
+                                          evaluate(model, task, task.eval_splits[0], cfg, batch_size),
+                                          tokens_seen, train_flops_spent(train_flops, tokens_seen)))
         steps_done = t.max_steps
     except KeyboardInterrupt as stop:
         status, interrupted_by = "interrupted", signal_name(stop)
@@ -257,7 +288,8 @@ def train(cfg: RunConfig, task: Task, router_cfg=None, init_from: nn.Module | No
 
     with held_signals() as held:
         final = evaluate(model, task, task.eval_splits[0], cfg, batch_size)
-        curves.append(curve_point(steps_done, None, final))
+        curves.append(curve_point(steps_done, None, final, tokens_seen,
+                                  train_flops_spent(train_flops, tokens_seen)))
         metrics = {"val_loss": final.pop("loss"), "val_accuracy": final.pop("accuracy"), **final}
         for split in task.eval_splits[1:]:
             other = evaluate(model, task, split, cfg, batch_size)
@@ -274,4 +306,4 @@ def train(cfg: RunConfig, task: Task, router_cfg=None, init_from: nn.Module | No
         })
     if held:
         status, interrupted_by = "interrupted", interrupted_by or held[0]
-    return TrainResult(status, metrics, curves, model, interrupted_by)
+    return TrainResult(status, metrics, curves, model, interrupted_by, loss_curve.finish())

@@ -80,9 +80,9 @@ def _validate_slots_for_position_groups(cfg: RunConfig, block_size: int) -> None
     ``router.group_size``, by default a sequence) must be told the size of a
     position group, B = trainer.batch_tokens / block_size tokens, or it mixes
     B tokens into a sequence's worth of slots: many times the expert FLOPs."""
-    r = cfg.router
-    if (cfg.moe.routing_groups == "position" and hasattr(r, "group_size")
-            and r.group_size is None and r.slots_per_expert is None):
+    r, groups = cfg.router, cfg.moe.routing_groups
+    by_position = groups == "position" or (groups == "auto" and TASKS.get(cfg.task.name).cls.causal)
+    if by_position and hasattr(r, "group_size") and r.group_size is None and r.slots_per_expert is None:
         B = cfg.trainer.batch_tokens // block_size
         raise ConfigError("router.group_size", None,
                           f"the tokens of a position group under moe.routing_groups=position, here "
@@ -116,6 +116,8 @@ def _validate_trainer(t: TrainerConfig, runs_here: bool) -> None:
            f"1..{MAX_BATCH_TOKENS}")
     for key, value in [("trainer.eval_every", t.eval_every), ("trainer.eval_batches", t.eval_batches)]:
         _check(value >= 1, key, value, "an integer >= 1")
+    _check(t.eval_points is None or t.eval_points >= 1, "trainer.eval_points", t.eval_points,
+           "null (every trainer.eval_every steps) or an integer >= 1")
     _check(t.warmup_steps >= 0, "trainer.warmup_steps", t.warmup_steps, "an integer >= 0")
     _check(_finite(t.lr) and t.lr > 0, "trainer.lr", t.lr, "a finite number > 0")
     _check(0 <= t.min_lr_ratio <= 1, "trainer.min_lr_ratio", t.min_lr_ratio, "0..1")

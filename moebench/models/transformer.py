@@ -8,6 +8,8 @@ asks for losses at the targets only.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -57,7 +59,7 @@ class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig, vocab_size: int, causal: bool, ffn: FFNFactory,
                  adaptive: tuple[AdaptiveInput, AdaptiveHead] | None = None) -> None:
         super().__init__()
-        self.cfg = cfg
+        self.cfg, self.causal = cfg, causal
         # Modules are created, and initialized, in one fixed order: the random
         # stream then gives every run of a seed the same weights as before.
         self.tok_emb: nn.Embedding | AdaptiveInput
@@ -76,6 +78,7 @@ class Transformer(nn.Module):
 
     def forward(self, idx_BL: Tensor, ctx: RouterContext) -> ModelOutput:
         B, L = idx_BL.shape
+        ctx = replace(ctx, causal=self.causal)  # the FFN layers' routing groups may depend on it
         x = self.tok_emb(idx_BL) + self.pos_emb(torch.arange(L, device=idx_BL.device))
         stats = []
         for block in self.blocks:

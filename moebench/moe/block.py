@@ -72,7 +72,8 @@ class MoEBlock(nn.Module):
         self.router, self.experts, self.k = router, experts, k
         self.capacity_factor, self.eval_capacity_factor = capacity_factor, eval_capacity_factor
         self.dropless, self.drop_policy = dropless, drop_policy
-        self.routing_groups = routing_groups  # all | position (moe/grouping.py)
+        # all | position | position_if_causal (moe.routing_groups=auto; moe/grouping.py)
+        self.routing_groups = routing_groups
 
     def flops_per_token(self, stats: LayerStats | None) -> dict[str, float]:
         """Router (Soft MoE's mixing included) and experts as executed (measured rows)."""
@@ -92,7 +93,7 @@ class MoEBlock(nn.Module):
 
     def forward(self, x: Tensor, ctx: RouterContext) -> tuple[Tensor, LayerStats]:
         x_TD = x.reshape(-1, x.shape[-1])
-        if self.routing_groups == "position":
+        if self.routing_groups == "position" or (self.routing_groups == "position_if_causal" and ctx.causal):
             y_TD, stats = route_by_position(self._route, x_TD, ctx)
         else:
             y_TD, stats = self._route(x_TD, ctx)

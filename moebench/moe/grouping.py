@@ -4,6 +4,10 @@ all       one group: every token of the batch (the default).
 position  one group per sequence position: the B tokens at position l of the
           B sequences of the batch, each group routed, dispatched (capacity
           per group) and combined on its own.
+auto      position on a causal model for a configuration that would
+          otherwise let a position see later ones (:func:`needs_position_groups`),
+          all otherwise: every router causal-safe, and the ones that decide
+          each token alone keep the whole batch as their group.
 
 Why ``position`` exists: a router that compares tokens (expert choice, Soft
 MoE, BASE's and S-BASE's balanced assignments) decides a token's experts from
@@ -41,20 +45,33 @@ if TYPE_CHECKING:
     from moebench.config import MoEConfig
     from moebench.moe.block import LayerStats
 
-ROUTING_GROUPS = ("all", "position")
+ROUTING_GROUPS = ("all", "position", "auto")
 
 
 def future_leak(router_cls: type[Router], router_cfg: RouterConfig, moe: MoEConfig) -> str | None:
     """Why this configuration lets a position see later positions of its sequence,
     or None. Top-k capacity (k >= 2) is not named here: ``router.k`` does not say
     how many choices every router makes; the probe measures it."""
-    if moe.routing_groups == "position":
+    if moe.routing_groups in ("position", "auto"):
         return None
     if router_cls.uses_other_tokens:
         return f"router {router_cfg.name} decides a token's experts from other tokens of its sequence"
     if moe.drop_policy == "score" and not is_dropless(router_cfg, moe):
         return "moe.drop_policy=score drops a token by comparing its score with later tokens'"
     return None
+
+
+def needs_position_groups(router_cls: type[Router], router_cfg: RouterConfig, moe: MoEConfig) -> bool:
+    """Whether ``moe.routing_groups=auto`` routes by position on a causal
+    model: for a rule that compares tokens, and for a capacity that can let a
+    later token evict an earlier one (by score, or first choices before
+    second ones when a token makes k >= 2 choices); a rule that decides each
+    token alone, under a capacity that drops by position, keeps the whole
+    batch as its group, as Switch and GShard route."""
+    if router_cls.uses_other_tokens:
+        return True
+    capacity = not is_dropless(router_cfg, moe)
+    return capacity and (moe.drop_policy == "score" or router_cfg.k >= 2)
 
 
 def route_by_position(

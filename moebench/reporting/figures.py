@@ -33,6 +33,7 @@ from matplotlib.figure import Figure
 from matplotlib.text import Text
 from matplotlib.ticker import FuncFormatter
 
+from moebench.reporting.paired import AGAINST_DENSE
 from moebench.reporting.render import si
 from moebench.results import Results
 
@@ -71,6 +72,25 @@ def _legend_outside(ax: Axes) -> None:
         sns.move_legend(ax, "upper left", bbox_to_anchor=(1.02, 1), frameon=False, fontsize="small")
 
 
+# Reference lines: grey, one dash pattern each (none the Pareto front's plain dashes),
+# so they read apart from the routers' colours and from the front.
+REFERENCE_STYLES = (":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 4)))
+
+
+def reference_lines(ax: Axes, references: pd.DataFrame) -> None:
+    """One horizontal line per reference row (count models, oracle routing)
+    at its quality, added to the axes' legend after seaborn's entries."""
+    lines = [ax.axhline(row.quality_mean, color="0.4", linewidth=1,
+                        linestyle=REFERENCE_STYLES[i % len(REFERENCE_STYLES)], zorder=0)
+             for i, row in enumerate(references.itertuples())]
+    if not lines:
+        return
+    legend = ax.get_legend()
+    handles = [*(legend.legend_handles if legend else []), *lines]
+    labels = [*(text.get_text() for text in (legend.texts if legend else [])), *references["setup"]]
+    ax.legend(handles, labels)
+
+
 def pareto_front(points: pd.DataFrame, higher_is_better: bool) -> pd.DataFrame:
     """The points that no other point beats on both quality and FLOPs per
     token, cheapest first: the best quality reachable at each cost."""
@@ -84,9 +104,11 @@ def pareto_front(points: pd.DataFrame, higher_is_better: bool) -> pd.DataFrame:
     return ordered.loc[keep]
 
 
-def quality_vs_flops(summary: pd.DataFrame, colors: dict[str, tuple]) -> Figure | None:
+def quality_vs_flops(summary: pd.DataFrame, colors: dict[str, tuple],
+                     references: pd.DataFrame) -> Figure | None:
     """Mean quality (95% CI bars) against forward FLOPs per token, with the
-    Pareto front of the ranked routers; reference rows drawn as crosses."""
+    Pareto front of the ranked routers; reference rows drawn as crosses, and
+    ``references`` (count models, oracle routing) as horizontal lines."""
     points = summary.dropna(subset=["flops_per_token", "quality_mean"])
     if points.empty:
         return None
@@ -102,19 +124,84 @@ def quality_vs_flops(summary: pd.DataFrame, colors: dict[str, tuple]) -> Figure 
             linestyle="--", linewidth=1, zorder=0)
     ax.set(xlabel="forward FLOPs per token", ylabel=quality_label(points))
     _flops_axis(ax, points["flops_per_token"])
+    reference_lines(ax, references)
     _legend_outside(ax)
     return fig
 
 
-def quality_curves(curves: pd.DataFrame, runs: pd.DataFrame, colors: dict[str, tuple]) -> Figure | None:
-    """Quality at each evaluation during training; band: +-1 std over seeds."""
-    if curves.empty or "quality" not in curves or curves["quality"].isna().all():
-        return None
+def _holds(frame: pd.DataFrame, column: str) -> bool:
+    """Whether some record gave ``frame`` a value of ``column`` (older ones lack newer fields)."""
+    return column in frame and bool(frame[column].notna().any())
+
+
+def seed_spread(frame: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
+    """Per setup and point (``point``: the i-th of each run's curve, in step
+    order), the mean of ``x`` and the mean, min and max of ``y`` over seeds.
+
+    Seeds are pooled by point, not by value of ``x``: training FLOPs, executed
+    as routed, differ between seeds at one step, and so do the steps a FLOPs
+    budget buys, while the i-th of ``trainer.eval_points`` evaluations comes
+    at the same share of every seed's training. ``frame`` is sorted by run
+    and step, as :mod:`moebench.results` sorts it."""
+    kept = frame.assign(point=frame.groupby("run_id", sort=False).cumcount()).dropna(subset=[x, y])
+    return (kept.groupby(["setup", "point"])
+            .agg(x=(x, "mean"), mean=(y, "mean"), low=(y, "min"), high=(y, "max")).reset_index())
+
+
+def _spread_figure(spread: pd.DataFrame, colors: dict[str, tuple], xlabel: str, ylabel: str,
+                   marker: str | None) -> tuple[Figure, Axes]:
+    """One line per setup, its mean over seeds, in a band from min to max."""
     fig = _figure(9, 5)
     ax = fig.subplots()
-    sns.lineplot(data=curves, x="step", y="quality", hue="setup", palette=colors, errorbar="sd",
-                 marker="o", ax=ax)
-    ax.set(xlabel="training step", ylabel=quality_label(runs))
+    for setup, line in spread.groupby("setup", sort=True):
+        ax.fill_between(line["x"], line["low"], line["high"], color=colors[setup], alpha=0.2, linewidth=0)
+        ax.plot(line["x"], line["mean"], color=colors[setup], marker=marker, markersize=4, label=setup)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: si(value, 3)))
+    ax.set(xlabel=xlabel, ylabel=ylabel)
+    ax.legend()
+    return fig, ax
+
+
+def _quality_figure(curves: pd.DataFrame, runs: pd.DataFrame, colors: dict[str, tuple],
+                    references: pd.DataFrame, x: str, xlabel: str) -> Figure | None:
+    """Quality against ``x``, with the reference lines; None where no record holds both."""
+    if not (_holds(curves, "quality") and _holds(curves, x)):
+        return None
+    fig, ax = _spread_figure(seed_spread(curves, x, "quality"), colors, xlabel, quality_label(runs), "o")
+    reference_lines(ax, references)
+    _legend_outside(ax)
+    return fig
+
+
+def quality_curves(curves: pd.DataFrame, runs: pd.DataFrame, colors: dict[str, tuple],
+                   references: pd.DataFrame) -> Figure | None:
+    """Quality at each evaluation against the training tokens before it
+    (line: mean over seeds; band: min to max over seeds); ``references``
+    (count models, oracle routing) as horizontal lines. Against the step
+    where no record holds ``train_tokens`` (records from before it)."""
+    x, xlabel = ("train_tokens", "training tokens") if _holds(curves, "train_tokens") else \
+        ("step", "training step")
+    return _quality_figure(curves, runs, colors, references, x, xlabel)
+
+
+def quality_vs_train_flops(curves: pd.DataFrame, runs: pd.DataFrame, colors: dict[str, tuple],
+                           references: pd.DataFrame) -> Figure | None:
+    """Quality at each evaluation against the training FLOPs spent before it
+    (3x the forward FLOPs as executed, as ``trainer.max_train_flops`` counts
+    them): routers that cost more per token move right. As
+    :func:`quality_curves`; None for records from before ``train_flops``."""
+    return _quality_figure(curves, runs, colors, references, "train_flops",
+                           "training FLOPs (3x forward, as executed)")
+
+
+def train_loss_curves(losses: pd.DataFrame, colors: dict[str, tuple]) -> Figure | None:
+    """The training loss against training tokens, each point the mean over a
+    bucket of steps (the records' ``train_loss_curve``; line: mean over
+    seeds; band: min to max over seeds); None for records from before it."""
+    if not (_holds(losses, "train_loss") and _holds(losses, "train_tokens")):
+        return None
+    fig, ax = _spread_figure(seed_spread(losses, "train_tokens", "train_loss"), colors,
+                             "training tokens", "training loss (nats per token)", None)
     _legend_outside(ax)
     return fig
 
@@ -243,8 +330,11 @@ def specialization(clusters: pd.DataFrame) -> Figure | None:
     return _heatmap_grid(panels, layers, "share of the cluster's tokens", 1.0, (3.5, 3))
 
 
-def task_figures(results: Results, summary: pd.DataFrame) -> list[tuple[str, str, Figure]]:
-    """(name, caption, figure) of every figure the records of each task allow."""
+def task_figures(results: Results, summary: pd.DataFrame,
+                 references: pd.DataFrame) -> list[tuple[str, str, Figure]]:
+    """(name, caption, figure) of every figure the records of each task
+    allow; ``references`` are the reference rows of
+    :func:`moebench.reporting.references.reference_rows`."""
     out = []
     with sns.axes_style("whitegrid"):
         for task in sorted(results.runs["task"].unique()):
@@ -255,10 +345,18 @@ def task_figures(results: Results, summary: pd.DataFrame) -> list[tuple[str, str
             colors = palette(runs["setup"])
             candidates = [
                 ("quality_vs_flops", "quality against forward FLOPs per token (mean and 95% CI over "
-                 "seeds; dashed: Pareto front of the ranked routers; X: reference rows)",
-                 quality_vs_flops(of(summary), colors)),
-                ("quality_curves", "quality during training (band: +-1 std over seeds)",
-                 quality_curves(of(results.curves), runs, colors)),
+                 "seeds; dashed: Pareto front of the ranked routers; X: reference rows; grey lines: "
+                 "count models and oracle routing)", quality_vs_flops(of(summary), colors, of(references))),
+                ("quality_curves", "quality during training against training tokens (line: mean "
+                 "over seeds; band: min to max over seeds; grey lines: count models and oracle routing)",
+                 quality_curves(of(results.curves), runs, colors, of(references))),
+                ("quality_vs_train_flops", "quality during training against training FLOPs (3x the "
+                 "forward FLOPs as executed; line: mean over seeds; band: min to max over seeds; "
+                 "grey lines: count models and oracle routing)",
+                 quality_vs_train_flops(of(results.curves), runs, colors, of(references))),
+                ("train_loss", "training loss against training tokens, each point the mean over a "
+                 "bucket of steps (line: mean over seeds; band: min to max over seeds)",
+                 train_loss_curves(of(results.train_losses), colors)),
                 ("expert_load", "load of each expert (rows) in each MoE layer (columns) during "
                  f"evaluation, over the layer's mean load; lowest seed; setups with over "
                  f"{MAX_EXPERTS_SHOWN} experts left out", expert_load(of(results.loads))),
@@ -271,4 +369,47 @@ def task_figures(results: Results, summary: pd.DataFrame) -> list[tuple[str, str
             ]
             out += [(f"{task}-{name}", f"{task}: {caption}", fig)
                     for name, caption, fig in candidates if fig is not None]
+    return out
+
+
+def paired_forest(paired: pd.DataFrame, colors: dict[str, tuple]) -> Figure | None:
+    """Forest plot of one task's paired differences to dense (active)
+    (:mod:`moebench.reporting.paired`): per router, the mean per-seed
+    difference and its 95% paired Student-t interval (a bare point with one
+    paired seed), a line at 0 and the better side labelled; the title says
+    when the table is not ranked."""
+    rows = paired[(paired["against"] == AGAINST_DENSE) & (paired["seeds"] > 0)]
+    if rows.empty:
+        return None
+    first = rows.iloc[0]
+    fig = _figure(8, 1.5 + 0.35 * len(rows))
+    ax = fig.subplots()
+    for y, row in enumerate(rows.itertuples()):
+        half = None if math.isnan(row.difference_ci95) else row.difference_ci95
+        ax.errorbar(row.difference_mean, y, xerr=half, fmt="o", color=colors[row.setup], capsize=3)
+    ax.axvline(0, color="0.3", linewidth=1, zorder=0)
+    ax.set_yticks(range(len(rows)), rows["setup"])
+    ax.set_ylim(len(rows) - 0.5, -0.5)  # the table's order, best first, half a row's margin
+    ax.set(xlabel=f"{first['quality_metric']} − {first['baseline']}, paired by seed\n"
+                  "(mean and 95% paired t interval)")
+    if first["higher_is_better"]:
+        ax.set_title("better →", loc="right")
+    else:
+        ax.set_title("← better", loc="left")
+    if not first["ranked"]:
+        fig.suptitle("not ranked: not past the count models", fontsize="medium")
+    return fig
+
+
+def paired_figures(paired: pd.DataFrame, runs: pd.DataFrame) -> list[tuple[str, str, Figure]]:
+    """(name, caption, figure) of each task's forest plot of ``paired``, in the
+    colours of the task's other figures (``runs``: its completed runs)."""
+    out = []
+    with sns.axes_style("whitegrid"):
+        for task, rows in paired.groupby("task", sort=True):
+            fig = paired_forest(rows, palette(runs.loc[runs["task"] == task, "setup"]))
+            if fig is not None:
+                caption = (f"{task}: paired difference in quality to dense (active) per router "
+                           "(mean over seeds, 95% paired Student-t interval)")
+                out.append((f"{task}-paired_differences", caption, fig))
     return out

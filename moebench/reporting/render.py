@@ -49,6 +49,12 @@ def mean_and_interval(mean: float, ci95: float) -> str:
     return f"{mean:.{decimals}f} ± {ci95:.{decimals}f}"
 
 
+def exact(value: float) -> str:
+    """A number known exactly (no interval), to 4 significant digits, zeros
+    kept: ``2.9998`` -> ``3.000``."""
+    return f"{value:#.4g}"
+
+
 def markdown_table(frame: pd.DataFrame) -> str:
     """A GitHub-flavoured Markdown table of a frame of strings."""
     def row(cells: list[str]) -> str:

@@ -68,6 +68,7 @@ class RouterContext:
     cluster_ids_T: Tensor | None = None
     batch_shape: tuple[int, int] | None = None
     num_groups: int = 1
+    causal: bool = False  # the model attends causally (set by the model; moe.routing_groups=auto)
 
 
 @dataclass
@@ -189,7 +190,7 @@ class Router(nn.Module):
             eval_capacity_factor=moe_cfg.eval_capacity_factor,
             dropless=is_dropless(router_cfg, moe_cfg),
             drop_policy=moe_cfg.drop_policy,
-            routing_groups=moe_cfg.routing_groups,
+            routing_groups=block_routing_groups(cls, router_cfg, moe_cfg),
         )
 
     def flops_per_token(self) -> dict[str, float]:
@@ -208,6 +209,17 @@ class Router(nn.Module):
 
     def route(self, x_TD: Tensor, ctx: RouterContext) -> RouterOutput:
         raise NotImplementedError
+
+
+def block_routing_groups(router_cls: type[Router], router_cfg: RouterConfig, moe_cfg) -> str:
+    """``moe.routing_groups`` as the block applies it: ``auto`` becomes
+    ``position_if_causal`` for a configuration whose routing would let a
+    position see later ones (moe/grouping.py, :func:`needs_position_groups`), else ``all``."""
+    from moebench.moe.grouping import needs_position_groups
+
+    if moe_cfg.routing_groups != "auto":
+        return moe_cfg.routing_groups
+    return "position_if_causal" if needs_position_groups(router_cls, router_cfg, moe_cfg) else "all"
 
 
 def is_dropless(router_cfg: RouterConfig, moe_cfg) -> bool:

@@ -16,6 +16,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+from omegaconf import OmegaConf
 
 from moebench.config import DataConfig
 from moebench.errors import DataError
@@ -55,6 +56,11 @@ SOURCES: dict[str, str] = {
               "547994d9980ebed1288380d652999f38a14fe291a6247c157c3d33d4932534bc) into the "
               "enwik8/ folder of the data root",
 }
+
+
+def default_data() -> DataConfig:
+    """The data settings a run has by default: the root ``$MOEBENCH_DATA``, the default cache."""
+    return OmegaConf.to_object(OmegaConf.structured(DataConfig))
 
 
 def data_root(data: DataConfig) -> Path:

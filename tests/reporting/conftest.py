@@ -64,6 +64,24 @@ def record(router: str = "top1", task: str = "synthetic", seed: int = 0, quality
     return {"run_id": f"{task}-{router}-s{seed}-{digest}", **made}
 
 
+def with_learning_curves(made: dict, tokens_per_step: int = 512) -> dict:
+    """``made`` with the training tokens and FLOPs before each evaluation and
+    a training-loss curve of three buckets, as records of trainer.eval_points."""
+    per_token = made["metrics"]["flops_per_token"] * (1 + made["seed"] / 100)
+    curves = [{**point, "train_tokens": point["step"] * tokens_per_step,
+               "train_flops": 3 * per_token * point["step"] * tokens_per_step} for point in made["curves"]]
+    losses = [{"first_step": first, "last_step": first + 19, "steps": 20,
+               "train_tokens": (first + 19) * tokens_per_step, "train_loss": loss + made["seed"] / 10}
+              for first, loss in ((1, 3.0), (21, 2.0), (41, 1.5))]
+    return {**made, "curves": curves, "train_loss_curve": losses}
+
+
+@pytest.fixture
+def add_learning_curves():
+    """``add_learning_curves(record)``: the record with :func:`with_learning_curves`."""
+    return with_learning_curves
+
+
 @pytest.fixture
 def make_record():
     """``make_record(router, task, seed, quality, status, config, **metrics)``: a valid record."""
@@ -107,6 +125,7 @@ def rich_results(tmp_path_factory) -> Path:
                         train_drop_rate=0.4 / cf, drop_rate_by_position=[0.1, 0.2, 0.3, 0.4],
                         config={"moe": {"capacity_factor": cf}}) for cf in (0.5, 1.0)]
     made.append(record("top2", seed=7, quality=float("nan"), status="diverged"))
+    made = [with_learning_curves(r) if r["task"] == "synthetic" else r for r in made]
     root = write_records(tmp_path_factory.mktemp("rich") / "results", made)
     (root / "runs" / "broken.json").write_text('{"schema_version": 1, "run_id": ')
     return root

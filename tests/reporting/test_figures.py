@@ -11,6 +11,7 @@ from moebench.reporting.figures import (
     expert_load, heatmap, heatmap_runs, pareto_front, specialization, task_figures,
 )
 from moebench.reporting.ranking import summarize
+from moebench.reporting.references import COLUMNS
 from moebench.results import load_results
 
 
@@ -24,7 +25,7 @@ def test_pareto_front_keeps_the_points_nothing_beats_on_both_axes():
 
 def names(results):
     ranked = results.where(results.runs["status"] == "completed")
-    figures = task_figures(ranked, summarize(ranked.runs))
+    figures = task_figures(ranked, summarize(ranked.runs), pd.DataFrame(columns=COLUMNS))
     assert all(isinstance(fig, Figure) for _, _, fig in figures)
     return sorted(name for name, _, _ in figures)
 
@@ -34,7 +35,7 @@ def test_every_figure_is_drawn_when_the_records_hold_its_data(rich_results):
         "shakespeare_char-drop_by_position", "shakespeare_char-drop_vs_capacity",
         "shakespeare_char-quality_curves", "shakespeare_char-quality_vs_flops",
         "synthetic-expert_load", "synthetic-quality_curves", "synthetic-quality_vs_flops",
-        "synthetic-specialization"]
+        "synthetic-quality_vs_train_flops", "synthetic-specialization", "synthetic-train_loss"]
 
 
 def test_figures_without_data_are_skipped(results_dir, make_record):

@@ -31,7 +31,8 @@ def test_regenerating_gives_identical_files_in_a_fresh_process(rich_results, ric
     assert {"leaderboard.md", "leaderboard.csv", "index.html"} <= set(first)
     assert {"figures/synthetic-quality_vs_flops.svg", "figures/synthetic-expert_load.svg",
             "figures/synthetic-specialization.svg", "figures/shakespeare_char-drop_vs_capacity.svg",
-            "figures/shakespeare_char-drop_by_position.svg"} <= set(first)
+            "figures/shakespeare_char-drop_by_position.svg", "figures/synthetic-quality_curves.svg",
+            "figures/synthetic-quality_vs_train_flops.svg", "figures/synthetic-train_loss.svg"} <= set(first)
 
 
 def table_rows(md, task):
@@ -96,14 +97,15 @@ def test_quality_is_shown_to_the_precision_of_its_interval(mean, ci, shown):
     assert mean_and_interval(mean, ci) == shown
 
 
-def test_the_oracle_quality_is_noted_under_its_task(results_dir, make_record, tmp_path):
+def test_the_oracle_quality_is_a_reference_row_of_its_task(results_dir, make_record, tmp_path):
     records = [make_record(router, seed=seed, oracle_quality=oracle)
                for router in ("top1", "top2") for seed, oracle in ((0, 0.90), (1, 0.92), (2, 0.94))]
     build(results_dir(*records), tmp_path / "reports")
     md = (tmp_path / "reports" / "leaderboard.md").read_text()
     # mean 0.92; t_{0.975,2} * 0.02 / sqrt(3) = 0.0497
-    assert "Oracle routing (each token to its true cluster's expert, same model and budget): " \
-           "accuracy 0.920 ± 0.050 over 3 seed(s)." in md
+    cells, lines = table_rows(md, "synthetic")
+    assert cells[-1] == ["| ref", "oracle routing (same model and budget)"]
+    assert "| 3 | 0.920 ± 0.050 |" in lines[-1]
 
 
 @pytest.mark.parametrize("task", ["../../escaped", "ABSOLUTE", "a/b"])

@@ -128,3 +128,27 @@ def test_run_records_the_measured_leak(make_config, random_tokens):
     cfg = make_config("router=top1", "task=synthetic", *tiny)
     synthetic = TASKS.get("synthetic").cls(cfg.task, cfg.data, cfg.seed)
     assert train(cfg, synthetic).metrics["causal_leak"] is None  # no sequences, nothing to probe
+
+
+@pytest.mark.parametrize("router,moe,position", [
+    ("top1", TIGHT, False),  # each token decides alone; drops by position: the whole batch stays one group
+    ("hash", {}, False),  # dropless by its own config
+    ("top2", TIGHT, True),  # first choices before second ones
+    ("top1", {**TIGHT, "drop_policy": "score"}, True),
+    ("expert_choice", {}, True), ("soft", {}, True), ("base", {}, True), ("sbase", {}, True),
+])
+def test_auto_groups_by_position_exactly_where_routing_would_leak(lm_model, sequences, router, moe, position):
+    model = lm_model(router, {**moe, "routing_groups": "auto"})
+    assert causal_leak(model, sequences) < 1e-5 and causal_leak(model, sequences, training=True) < 1e-5
+    B, L = sequences.shape
+    ctx = RouterContext(token_ids_T=sequences.reshape(-1), batch_shape=(B, L))
+    assert model(sequences, ctx).layer_stats[-1].routing_groups == (L if position else 1)
+    block = model.blocks[-1].ffn
+    block = getattr(block, "routed", block)
+    _, stats = block(torch.randn(B, L, 32), ctx)  # a context that is not causal: one group
+    assert stats.routing_groups == 1
+
+
+def test_auto_needs_no_allow_leaky_on_causal_tasks(make_config):
+    for router in ("expert_choice", "soft", "base", "sbase", "top2"):
+        make_config(f"router={router}", "task=shakespeare_char", "moe.routing_groups=auto")

@@ -13,6 +13,7 @@ from moebench.metrics.causality import causal_leak
 from moebench.models.ffn import FFNFactory
 from moebench.models.adaptive import AdaptiveHead
 from moebench.routers import ROUTERS
+from moebench.routers.base import RouterContext
 from moebench.train import train
 
 ADAPTIVE = {"head": "adaptive", "adaptive_cutoffs": [2, 5]}  # the generated files hold 9-10 words
@@ -42,7 +43,7 @@ def test_task_losses_are_the_exact_negative_log_likelihood(fake_data, name):
     model = build(task).eval()
     assert isinstance(model.head, AdaptiveHead)
     batch = task.get_batch("val", 4, torch.Generator().manual_seed(0))
-    out = model(batch.inputs, None)
+    out = model(batch.inputs, RouterContext())
     assert out.logits is None
     log_prob_TV = out.head.log_prob(out.hidden.flatten(0, 1))
     torch.testing.assert_close(log_prob_TV.exp().sum(-1), torch.ones(len(log_prob_TV)))
@@ -70,7 +71,7 @@ def test_masked_lm_computes_the_head_at_the_masked_positions_only(fake_data, mon
     monkeypatch.setattr(model.head.softmax, "forward",
                         lambda input_, target_: rows_seen.append(len(input_)) or forward(input_, target_))
     batch = task.get_batch("train", 16, torch.Generator().manual_seed(0))
-    out = model(batch.inputs, None)
+    out = model(batch.inputs, RouterContext())
     losses_T = task.token_losses(out, batch)
     masked = int(batch.loss_mask.sum())
     assert 0 < masked < batch.targets.numel() and rows_seen == [masked]

@@ -1,0 +1,65 @@
+"""trainer.eval_points: that many evaluations evenly spaced over the steps a
+budget buys, the last at the end, each with the training tokens and FLOPs
+before it; and the record keeps the training loss of every step, downsampled."""
+
+import json
+import math
+
+import pytest
+
+from moebench.config import TrainerConfig
+from moebench.errors import ConfigError
+from moebench.run import run
+from moebench.tasks.synthetic import SyntheticTask
+from moebench.train import eval_steps, train
+
+SHORT = ("trainer.batch_tokens=256", "trainer.eval_batches=1", "task.oracle_baseline=false")
+
+
+@pytest.mark.parametrize("max_steps, eval_points, eval_every, expected", [
+    (20, 10, 3, {2, 4, 6, 8, 10, 12, 14, 16, 18}),  # eval_points wins over eval_every
+    (10, 3, 100, {4, 7}),  # ceil(10/3), ceil(20/3); the third at the end
+    (5, 10, 100, {1, 2, 3, 4}),  # fewer steps than points: every step
+    (20, 1, 100, set()),  # the final evaluation only
+    (20, None, 7, {7, 14}),  # null: every eval_every steps, as before
+])
+def test_evaluation_steps(max_steps, eval_points, eval_every, expected):
+    t = TrainerConfig(max_steps=max_steps, eval_points=eval_points, eval_every=eval_every)
+    assert eval_steps(t) == expected
+
+
+def test_eval_points_below_one_is_refused(make_config):
+    with pytest.raises(ConfigError, match=r"trainer.eval_points=0 is not valid; allowed: null .* >= 1"):
+        make_config("trainer.eval_points=0")
+
+
+def test_a_run_records_its_evaluation_points_and_its_loss_at_every_step(make_config):
+    cfg = make_config(*SHORT, "trainer.max_steps=20", "trainer.eval_points=10", "trainer.eval_every=3")
+    record = json.loads(run(cfg).read_text())
+    curves, m = record["curves"], record["metrics"]
+    assert [p["step"] for p in curves] == [2, 4, 6, 8, 10, 12, 14, 16, 18, 20]
+    assert [p["train_tokens"] for p in curves] == [256 * p["step"] for p in curves]
+    # 3x the forward FLOPs as executed, as the budget counts them; the last point spent the run's
+    assert curves[-1]["train_flops"] == pytest.approx(3 * m["train_flops_per_token"] * 20 * 256)
+    flops = [p["train_flops"] for p in curves]
+    assert all(0 < a < b for a, b in zip(flops, flops[1:]))
+    assert curves[-1]["quality"] == m["quality"]
+    # 20 steps fit 200 points: one step a point, its task loss as the curves saw it
+    losses = record["train_loss_curve"]
+    assert [(p["first_step"], p["last_step"], p["steps"]) for p in losses] == [
+        (s, s, 1) for s in range(1, 21)]
+    assert [p["train_tokens"] for p in losses] == [256 * s for s in range(1, 21)]
+    by_step = {p["last_step"]: p["train_loss"] for p in losses}
+    assert all(by_step[p["step"]] == p["train_loss"] for p in curves[:-1])
+    assert all(math.isfinite(loss) for loss in by_step.values())
+
+
+def test_eval_points_are_spread_over_the_steps_a_flops_budget_buys(make_config):
+    cfg = make_config(*SHORT, "router=top1", "trainer.max_train_flops=4e9", "trainer.eval_points=10")
+    result = train(cfg, SyntheticTask(cfg.task, cfg.data, cfg.seed))
+    steps = result.metrics["steps"]
+    assert steps >= 20  # not the config's 300 steps: the budget's
+    assert [p["step"] for p in result.curves] == [math.ceil(i * steps / 10) for i in range(1, 11)]
+    assert result.curves[-1]["train_flops"] == pytest.approx(
+        3 * result.metrics["train_flops_per_token"] * steps * 256)
+    assert len(result.train_loss_curve) == steps and result.train_loss_curve[-1]["last_step"] == steps
