@@ -53,7 +53,7 @@ from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
 from moebench.bench import sync, write_atomic
-from moebench.cli import explain, fail, load_config
+from moebench.cli import explain, fail, load_config, names_option
 from moebench.config import RunConfig
 from moebench.errors import ConfigError, DataError
 from moebench.metrics.flops import TrainFlops, forward_flops
@@ -61,7 +61,7 @@ from moebench.models.ffn import FFNFactory
 from moebench.moe.block import MoEBlock
 from moebench.moe.grouping import future_leak
 from moebench.record import REPO_ROOT, environment
-from moebench.regress import _names, slice_routers
+from moebench.regress import slice_routers
 from moebench.routers import ROUTERS
 from moebench.tasks import TASKS, Task
 from moebench.train import make_optimizer, train_step
@@ -264,8 +264,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--out", type=Path, help="default: results/bench/train_step_<device>.json")
     args = parser.parse_args(argv)
-    tasks = _names("--tasks", args.tasks, TASKS.names()) if args.tasks else list(TASK_FAMILIES)
-    routers = _names("--routers", args.routers, slice_routers())
+    tasks = names_option("--tasks", args.tasks, TASKS.names()) if args.tasks else list(TASK_FAMILIES)
+    routers = names_option("--routers", args.routers, slice_routers())
     _at_least("--repeats", args.repeats, 1)
     _at_least("--warmup", args.warmup, 0)
     _at_least("--threads", args.threads, 1)

@@ -74,6 +74,18 @@ def fail(message: str) -> None:
     raise SystemExit(EXIT_BAD_INPUT)
 
 
+def names_option(option: str, text: str | None, allowed: list[str]) -> list[str]:
+    """A comma-separated ``--option`` of names, each one of ``allowed`` (all
+    of them when not given); a name not allowed fails in one line."""
+    if text is None:
+        return allowed
+    names = text.split(",")
+    for name in names:
+        if name not in allowed:
+            fail(str(ConfigError(option, name, allowed)))
+    return names
+
+
 def user_overrides(argv: list[str]) -> list[str] | None:
     """The key=value arguments of ``argv``; None when Hydra must check alone."""
     overrides, skip_next = [], False

@@ -49,7 +49,7 @@ from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 from scipy import stats
 
-from moebench.cli import explain, fail, load_config
+from moebench.cli import explain, fail, load_config, names_option
 from moebench.config import RunConfig
 from moebench.errors import ConfigError, DataError
 from moebench.interrupt import exit_stopped
@@ -330,16 +330,6 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join("  ".join(text.ljust(w) for text, w in zip(line, widths)).rstrip() for line in cells)
 
 
-def _names(option: str, text: str | None, allowed: list[str]) -> list[str]:
-    if text is None:
-        return allowed
-    names = text.split(",")
-    for name in names:
-        if name not in allowed:
-            fail(str(ConfigError(option, name, allowed)))
-    return names
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m moebench.regress", description=__doc__.split("\n\n")[0])
     parser.add_argument("--routers", help="comma-separated subset of the slice's routers")
@@ -351,8 +341,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--baseline", default=str(BASELINE), help="baseline file; default: %(default)s")
     parser.add_argument("--data-root", help="data folder (data.root); default: $MOEBENCH_DATA")
     args = parser.parse_args(argv)
-    routers = _names("--routers", args.routers, slice_routers())
-    tasks = _names("--tasks", args.tasks, list(SLICE_TASKS))
+    routers = names_option("--routers", args.routers, slice_routers())
+    tasks = names_option("--tasks", args.tasks, list(SLICE_TASKS))
     if args.seeds < 2:
         fail(str(ConfigError("--seeds", args.seeds, "an integer >= 2 (a spread needs two runs)")))
     full_slice = args.routers is None and args.tasks is None
