@@ -193,7 +193,7 @@ def train_step(model: nn.Module, task: Task, batch, step: int, optimizer: torch.
     """One training step on ``batch``: forward, backward, clipping, update.
     Returns (task loss, the FFN layers' stats), or None when the loss or a
     gradient is NaN/Inf and the update was skipped. Its own function so that
-    moebench.bench_train times exactly the step that training runs."""
+    moebench.commands.bench_train times exactly the step that training runs."""
     model.train()
     for group in optimizer.param_groups:
         group["lr"] = learning_rate(step, t)

@@ -15,8 +15,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from moebench import cli  # noqa: E402
-from moebench.cli import load_config  # noqa: E402
+from moebench.commands import app  # noqa: E402
+from moebench.compose import load_config  # noqa: E402
 from moebench.config import RunConfig  # noqa: E402
 
 torch.set_num_threads(1)
@@ -43,7 +43,7 @@ def exit_code_of(monkeypatch, tmp_path):
         monkeypatch.setattr(sys, "argv", ["moebench", *overrides, f"hydra.run.dir={tmp_path}/out",
                                           f"hydra.sweep.dir={tmp_path}/multirun"])
         with pytest.raises(SystemExit) as stop:
-            cli.main()
+            app.main()
         return stop.value.code
 
     yield main

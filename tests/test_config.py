@@ -1,28 +1,20 @@
-"""Every router x task config composes and validates; the registry matches conf/."""
-
-from pathlib import Path
+"""Every router x task config composes and validates; the registry matches moebench/conf/."""
 
 import pytest
 
 from moebench.routers import ROUTERS
 from moebench.tasks import TASKS
-from moebench.cli import load_config
+from moebench.compose import group_options, load_config
 from moebench.errors import ConfigError
-
-CONF = Path(__file__).resolve().parent.parent / "conf"
-
-
-def stems(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
 def test_registries_match_the_config_files():
-    assert ROUTERS.names() == stems("router")
-    assert TASKS.names() == stems("task")
+    assert ROUTERS.names() == group_options("router")
+    assert TASKS.names() == group_options("task")
 
 
-@pytest.mark.parametrize("router", stems("router"))
-@pytest.mark.parametrize("task", stems("task"))
+@pytest.mark.parametrize("router", group_options("router"))
+@pytest.mark.parametrize("task", group_options("task"))
 def test_every_router_task_pair_composes(router, task):
     leaky = ROUTERS.get(router).cls.uses_other_tokens and TASKS.get(task).cls.causal
     if leaky:  # refused unless run causal-safe (tests/routers/test_causality.py)

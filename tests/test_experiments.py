@@ -4,7 +4,7 @@ composes and validates, and the leaderboard covers what it promises."""
 import pytest
 from hydra import compose, initialize_config_dir
 
-from moebench.cli import CONF_DIR, group_options, load_config, register_all
+from moebench.compose import CONF_DIR, group_options, load_config, register_all
 
 EXPERIMENTS = group_options("experiment")
 

@@ -12,7 +12,8 @@ from hydra import compose
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from moebench.cli import expand_sweeps, hydra_context, parse_checked
+from moebench.commands.app import expand_sweeps, parse_checked
+from moebench.compose import hydra_context
 from moebench.config import RunConfig
 from moebench.metrics.flops import ffn_flops
 from moebench.models.ffn import FFNFactory

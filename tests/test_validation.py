@@ -6,14 +6,16 @@ import shutil
 import pytest
 import torch
 
-from moebench import cli
+from moebench import compose
+from moebench.commands import app
+from moebench.commands.options import EXIT_BAD_INPUT
 
 
 def preflight_error(capsys, *argv: str) -> str:
     """The one line ``python -m moebench *argv`` fails with, before Hydra starts."""
     with pytest.raises(SystemExit) as stop:
-        cli.preflight(list(argv))
-    assert stop.value.code == cli.EXIT_BAD_INPUT
+        app.preflight(list(argv))
+    assert stop.value.code == EXIT_BAD_INPUT
     (line,) = capsys.readouterr().err.strip().splitlines()
     return line
 
@@ -46,18 +48,18 @@ def test_a_sequence_longer_than_a_step_is_refused(capsys):
     # The causality probe swaps one sequence's future into another: two a step.
     line = preflight_error(capsys, "task=shakespeare_char", "model.block_size=1024")
     assert "1..512" in line
-    cli.preflight(["task=wikitext2_mlm", "model.block_size=1024"])  # not causal: one suffices
+    app.preflight(["task=wikitext2_mlm", "model.block_size=1024"])  # not causal: one suffices
 
 
 def test_soft_moe_slots_follow_the_position_group(capsys):
     """Under position groups a group has B tokens: by default Soft MoE sizes
     its slots for B, not for a sequence (16x the expert FLOPs here); a group
     size set to null is refused with B named."""
-    cfg = cli.load_config("router=soft", "task=shakespeare_char", "moe.routing_groups=position",
+    cfg = compose.load_config("router=soft", "task=shakespeare_char", "moe.routing_groups=position",
                           "trainer.batch_tokens=2048")
     assert cfg.router.group_size == 16  # 2048 tokens / 128 per sequence
-    assert cli.load_config("router=soft", "task=shakespeare_char", "router.allow_leaky=true").router.group_size is None
-    assert cli.load_config("router=soft", "task=synthetic", "moe.routing_groups=position").router.group_size is None
+    assert compose.load_config("router=soft", "task=shakespeare_char", "router.allow_leaky=true").router.group_size is None
+    assert compose.load_config("router=soft", "task=synthetic", "moe.routing_groups=position").router.group_size is None
     line = preflight_error(capsys, "router=soft", "task=shakespeare_char", "moe.routing_groups=position",
                            "trainer.batch_tokens=2048", "router.group_size=null")
     assert "router.group_size" in line and "here 16" in line
@@ -68,31 +70,31 @@ def test_cuda_without_a_gpu_is_refused_unless_the_jobs_run_elsewhere(capsys, mon
     line = preflight_error(capsys, "trainer.device=cuda")
     assert "trainer.device='cuda'" in line and "no CUDA GPU" in line
     # A Slurm sweep is checked on a login node that may have no GPU.
-    cli.preflight(["-m", "hydra/launcher=slurm", "trainer.device=cuda", "seed=0,1"])
+    app.preflight(["-m", "hydra/launcher=slurm", "trainer.device=cuda", "seed=0,1"])
 
 
 @pytest.fixture
 def checked_runs(monkeypatch):
     """The runs preflight would compose and validate, recorded instead."""
     runs = []
-    monkeypatch.setattr(cli, "check_runs", lambda found, loader, runs_here: runs.extend(found))
+    monkeypatch.setattr(app, "check_runs", lambda found, loader, runs_here: runs.extend(found))
     return runs
 
 
 def test_an_experiments_sweep_is_expanded_and_the_command_line_overrides_it(checked_runs):
-    cli.preflight(["-m", "+experiment=capacity"])
+    app.preflight(["-m", "+experiment=capacity"])
     assert len(checked_runs) == 2 * 6 * 3  # router x capacity factor x seed
     assert ["router=top2", "moe.capacity_factor=0.5", "seed=2", "+experiment=capacity"] in checked_runs
     checked_runs.clear()
-    cli.preflight(["-m", "+experiment=capacity", "seed=7", "router=top1"])
+    app.preflight(["-m", "+experiment=capacity", "seed=7", "router=top1"])
     assert len(checked_runs) == 6 and all("seed=7" in run for run in checked_runs)
     checked_runs.clear()
-    cli.preflight(["+experiment=capacity"])  # without -m Hydra makes one run, not the sweep
+    app.preflight(["+experiment=capacity"])  # without -m Hydra makes one run, not the sweep
     assert checked_runs == [["+experiment=capacity"]]
 
 
 def test_sweep_functions_expand_as_hydra_does(capsys, checked_runs):
-    cli.preflight(["-m", "router=glob(top*)", "seed=range(0,3)"])
+    app.preflight(["-m", "router=glob(top*)", "seed=range(0,3)"])
     assert [run[0] for run in checked_runs[::3]] == ["router=top1", "router=top2"]
     assert [run[1] for run in checked_runs[:3]] == ["seed=0", "seed=1", "seed=2"]
     line = preflight_error(capsys, "-m", "router=glob(nope*)")
@@ -106,9 +108,9 @@ def conf_with(tmp_path, monkeypatch):
     def add(name: str, text: str) -> None:
         conf = tmp_path / "conf"
         if not conf.exists():
-            shutil.copytree(cli.CONF_DIR, conf)
+            shutil.copytree(compose.CONF_DIR, conf)
         (conf / "experiment" / f"{name}.yaml").write_text(f"# @package _global_\n{text}")
-        monkeypatch.setattr(cli, "CONF_DIR", conf)
+        monkeypatch.setattr(compose, "CONF_DIR", conf)
 
     return add
 
@@ -130,10 +132,10 @@ def test_an_unknown_key_in_an_experiment_is_named(capsys, conf_with):
 
 def test_a_large_sweep_composes_once_per_group_choice_and_reports_progress(capsys, monkeypatch):
     composed = []
-    real_compose = cli.compose
-    monkeypatch.setattr(cli, "compose", lambda *a, **kw: composed.append(kw) or real_compose(*a, **kw))
-    monkeypatch.setattr(cli, "PROGRESS_EVERY_S", 0.0)
-    cli.preflight(["-m", "router=top1,top2", "seed=range(0,40)", "trainer.lr=1e-3,2e-3"])
+    real_compose = app.compose
+    monkeypatch.setattr(app, "compose", lambda *a, **kw: composed.append(kw) or real_compose(*a, **kw))
+    monkeypatch.setattr(app, "PROGRESS_EVERY_S", 0.0)
+    app.preflight(["-m", "router=top1,top2", "seed=range(0,40)", "trainer.lr=1e-3,2e-3"])
     assert len(composed) == 2  # one per router; seeds and rates are applied to a copy
     progress = capsys.readouterr().err.strip().splitlines()
     assert progress[-1] == "moebench: checked 160 of 160 runs"

@@ -3,5 +3,5 @@
 :mod:`.ngram` holds the estimators (add-one unigram, add-0.1 bigram,
 interpolated modified Kneser-Ney trigram); :mod:`.references` fits them on a
 task's train split and scores them as the task scores its models, cached by
-the data files' sha256. ``python -m moebench.count_models`` prints them.
+the data files' sha256. ``moebench-count-models`` prints them.
 """

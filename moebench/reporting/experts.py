@@ -16,7 +16,7 @@ E being each record's ``moe.num_experts``:
 Only completed runs count; the others are named under their task. Seeds of
 different configs never pool: two setups of one task with the same router
 and E are refused. Byte-identical output for the same records (render.py).
-Written by ``python -m moebench.report --experts`` (moebench/report.py).
+Written by ``moebench-report --experts`` (moebench/commands/report.py).
 """
 
 from __future__ import annotations

@@ -66,7 +66,7 @@ def count_model_rows(task: str, runs: pd.DataFrame, data: DataConfig) -> tuple[l
     try:
         references = task_references(task, data, settings, draw)
     except (DataError, ConfigError) as e:
-        return [], [f"Count-model references not computed ({e}); `python -m moebench.leaderboard "
+        return [], [f"Count-model references not computed ({e}); `moebench-leaderboard "
                     "--data PATH` computes them from the data sets."]
     if not references:
         return [], []

@@ -1,10 +1,10 @@
-"""moebench.bench_peer at a toy shape: one training step per repeat, its parts,
+"""moebench.commands.bench_peer at a toy shape: one training step per repeat, its parts,
 the ratio to the smallest pool, and a record it writes."""
 
 import json
 import sys
 
-from moebench import bench_peer
+from moebench.commands import bench_peer
 
 
 def test_bench_peer_times_the_training_step_by_pool_size(tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""moebench.bench_train: the record's structure and its ratios, on a tiny smoke run.
+"""moebench.commands.bench_train: the record's structure and its ratios, on a tiny smoke run.
 
 No timing is asserted: speed targets live in the committed JSON it writes.
 """
@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from moebench.bench_train import main, markdown
+from moebench.commands.bench_train import main, markdown
 
 SMOKE = ["--tasks", "synthetic", "--routers", "top1,top2", "--grouping", "position",
          "--repeats", "1", "--warmup", "1", "--batch-tokens", "64", "--threads", "1"]

@@ -25,10 +25,10 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from moebench.cli import load_config
+from moebench.compose import load_config
 from moebench.models.ffn import DenseLayer
 from moebench.record import REPO_ROOT
-from moebench.regress import slice_routers
+from moebench.commands.regress import slice_routers
 from moebench.routers import ROUTERS
 from moebench.routers.base import DataStats, RouterContext
 

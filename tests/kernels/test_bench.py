@@ -1,4 +1,4 @@
-"""pytest-benchmark timings of moebench.bench's methods on a small layer.
+"""pytest-benchmark timings of moebench.commands.bench's methods on a small layer.
 
     pytest tests/kernels/test_bench.py --benchmark-enable
 
@@ -15,7 +15,7 @@ import dataclasses
 import pytest
 import torch
 
-from moebench.bench import Problem, Shape, dense_softmax_moe, methods
+from moebench.commands.bench import Problem, Shape, dense_softmax_moe, methods
 
 SHAPE = Shape(tokens=256, d_model=64, d_ff=96, experts=8, k=2, dtype="float32")
 SPARSE = ["moe-torch", "moe-grouped_mm", "moe-triton", "scattermoe"]

@@ -134,7 +134,7 @@ def rich_results(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def rich_reports(rich_results, tmp_path_factory) -> Path:
     """The leaderboard of ``rich_results``, built once (figures take seconds)."""
-    from moebench.leaderboard import build
+    from moebench.reporting.leaderboard import build
 
     out = tmp_path_factory.mktemp("rich_reports") / "reports"
     build(rich_results, out)

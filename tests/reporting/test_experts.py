@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from matplotlib.container import ErrorbarContainer
 
-from moebench.report import main
+from moebench.commands.report import main
 from moebench.reporting.experts import FILES, experts_figure, experts_summary, experts_table, markdown
 from moebench.reporting.ranking import mean_ci
 from moebench.results import load_results

@@ -11,7 +11,7 @@ from matplotlib.lines import Line2D
 from moebench.config import DataConfig
 from moebench.count_models.ngram import Bigram, KneserNeyTrigram, Unigram
 from moebench.count_models.references import Reference
-from moebench.leaderboard import build
+from moebench.reporting.leaderboard import build
 from moebench.reporting import references
 from moebench.reporting.figures import task_figures
 from moebench.reporting.guard import apply_guard

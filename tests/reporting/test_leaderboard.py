@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from moebench.leaderboard import LeaderboardCallback, build, main
+from moebench.commands.leaderboard import LeaderboardCallback, main
+from moebench.reporting.leaderboard import build
 from moebench.record import REPO_ROOT
-from moebench.report import main as report_main
+from moebench.commands.report import main as report_main
 from moebench.reporting.render import mean_and_interval
 
 
@@ -24,7 +25,7 @@ def test_regenerating_gives_identical_files_in_a_fresh_process(rich_results, ric
     # Another process with another hash seed: nothing may depend on set order or time.
     out = tmp_path / "reports"
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
-    subprocess.run([sys.executable, "-m", "moebench.leaderboard", "--results", str(rich_results),
+    subprocess.run([sys.executable, "-m", "moebench.commands.leaderboard", "--results", str(rich_results),
                     "--out", str(out)], check=True, cwd=REPO_ROOT, env=env, capture_output=True)
     first = read_tree(rich_reports)
     assert read_tree(out) == first

@@ -12,7 +12,7 @@ from scipy import stats
 from moebench.config import DataConfig
 from moebench.count_models.ngram import Bigram, KneserNeyTrigram, Unigram
 from moebench.count_models.references import Reference
-from moebench.leaderboard import build, load
+from moebench.reporting.leaderboard import build, load
 from moebench.reporting import references
 from moebench.reporting.crosstask import BOOTSTRAP_REPLICATES, cross_task_summary, seed_weights
 from moebench.reporting.figures import paired_figures

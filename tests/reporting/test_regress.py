@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from moebench import regress
+from moebench.commands import regress
 from moebench.record import REPO_ROOT
 from moebench.routers.top1 import Top1Router
 
@@ -77,7 +77,7 @@ def test_unchanged_code_passes_and_a_shifted_baseline_fails(baseline_file, tmp_p
 def test_another_kernel_path_passes(baseline_file):
     """The same code on torch's scalar kernels (as on a CPU without AVX): the
     figures differ from the baseline's seed 0, and the check still passes."""
-    script = (f"from moebench import regress; regress.SLICE['common'] = {TINY!r}; "
+    script = (f"from moebench.commands import regress; regress.SLICE['common'] = {TINY!r}; "
               f"regress.main({[*TINY_ARGS, '--baseline', str(baseline_file)]!r})")
     env = {**os.environ, "ATEN_CPU_CAPABILITY": "default"}
     out = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO_ROOT, capture_output=True,

@@ -3,7 +3,7 @@
 import pytest
 
 from moebench.errors import ConfigError
-from moebench.report import main, parse_selection, select
+from moebench.commands.report import main, parse_selection, select
 from moebench.results import load_results
 
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from moebench.cli import CONF_DIR
+from moebench.compose import CONF_DIR
 from moebench.validation import validate
 
 TASK_YAMLS = sorted(p.stem for p in Path(CONF_DIR, "task").glob("*.yaml") if p.stem != "synthetic")

@@ -1,10 +1,10 @@
 """Benchmark the MoE block's experts against its baselines, side by side.
 
-    python -m moebench.bench --device cpu    # the CPU set -> results/bench/cpu.json
-    python -m moebench.bench --device cuda   # ScatterMoE's and SonicMoE's shapes, bf16
+    moebench-bench --device cpu    # the CPU set -> results/bench/cpu.json
+    moebench-bench --device cuda   # ScatterMoE's and SonicMoE's shapes, bf16
 
 (results/bench/cpu.json was made with ``--threads 1``: see ``--threads``.)
-This times one layer; ``python -m moebench.bench_train`` times whole training
+This times one layer; ``moebench-bench-train`` times whole training
 steps of every router's model against the dense baseline.
 
 Every method computes the same layer on the same random top-k routing
@@ -399,7 +399,7 @@ def main(argv: list[str] | None = None) -> None:
         "schema": 1,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(
-            ["python -m moebench.bench", *(argv if argv is not None else sys.argv[1:])]
+            ["moebench-bench", *(argv if argv is not None else sys.argv[1:])]
         ),
         **environment(args.device),
         "repeats": args.repeats,

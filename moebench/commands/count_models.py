@@ -1,4 +1,4 @@
-"""``python -m moebench.count_models [TASK ...] [--data PATH]``: every task's
+"""``moebench-count-models [TASK ...] [--data PATH]``: every task's
 count-model references on its whole evaluation splits (the synthetic task:
 the majority class on 32,768 evaluation examples), and the seconds each took
 to fit and score when it was computed; tasks whose data files are missing
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from moebench.cli import fail
+from moebench.commands.options import fail
 from moebench.count_models.references import task_references
 from moebench.errors import ConfigError, DataError
 from moebench.tasks import TASKS
@@ -17,7 +17,7 @@ from moebench.tasks.data import default_data
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m moebench.count_models",
+    parser = argparse.ArgumentParser(prog="moebench-count-models",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("tasks", nargs="*", help=f"default: every task ({', '.join(TASKS.names())})")
     parser.add_argument("--data", default=None, help="folder of the data sets; default: $MOEBENCH_DATA")

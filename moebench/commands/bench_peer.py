@@ -1,7 +1,7 @@
 """Benchmark one PEER layer's training step: time and peak memory by pool size.
 
-    python -m moebench.bench_peer                  # CPU  -> results/bench/peer_cpu.json
-    python -m moebench.bench_peer --device cuda    # GPU  -> results/bench/peer_cuda.json
+    moebench-bench-peer                  # CPU  -> results/bench/peer_cpu.json
+    moebench-bench-peer --device cuda    # GPU  -> results/bench/peer_cuda.json
 
 A PEER layer (moe/peer.py) at N = 256^2, 512^2 and 1024^2 experts on random
 inputs. Each repeat is one training step as moebench.train runs it: forward,

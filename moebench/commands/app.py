@@ -9,22 +9,16 @@ sweep that breaks on its tenth job.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import itertools
 import pickle
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
 import hydra
-from hydra import compose, initialize_config_dir
+from hydra import compose
 from hydra._internal.config_loader_impl import ConfigLoaderImpl
-from hydra._internal.hydra import Hydra
 from hydra.core.config_loader import ConfigLoader
-from hydra.core.global_hydra import GlobalHydra
 from hydra.core.object_type import ObjectType
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
@@ -33,33 +27,11 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from moebench.config import RunConfig, register_schemas
-from moebench.validation import validate
+from moebench.commands.options import fail
+from moebench.compose import CONF_MODULE, explain, hydra_context, register_all
 from moebench.errors import ConfigError, DataError
-from moebench.routers import ROUTERS
-from moebench.tasks import TASKS
+from moebench.validation import validate
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-
-
-def position_group_tokens(routing_groups: str, task: str, batch_tokens: int,
-                          block_size: int | None) -> int | None:
-    """``${position_group_tokens:...}`` in conf/: the tokens of one position
-    group, B = batch_tokens / block_size, on a sequence task whose tokens are
-    routed by position (``moe.routing_groups=position``, or ``auto`` on a
-    causal task); else None. Soft MoE sizes its slots by it
-    (conf/router/soft.yaml), and compares tokens, so ``auto`` groups it by
-    position exactly on the causal tasks (moe/grouping.py)."""
-    by_position = routing_groups == "position" or (routing_groups == "auto" and TASKS.get(task).cls.causal)
-    if not by_position or block_size is None:
-        return None
-    return max(1, batch_tokens // block_size)
-
-
-# At import: Hydra's joblib workers compose their job's config in a new
-# process, which imports this module for the task function.
-OmegaConf.register_new_resolver("position_group_tokens", position_group_tokens, replace=True)
-EXIT_BAD_INPUT = 2
 # Hydra flags that change which config is loaded: then Hydra checks alone.
 _CONFIG_FLAGS = {"-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir"}
 _FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--info", "-i", "--experimental-rerun",
@@ -67,23 +39,6 @@ _FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--info", "-i", "--experi
 # Launchers that run the jobs on this machine, whose devices can be checked.
 LOCAL_LAUNCHERS = ("BasicLauncher", "JoblibLauncher", "LocalLauncher")
 PROGRESS_EVERY_S = 2.0
-
-
-def fail(message: str) -> None:
-    print(f"moebench: error: {message}", file=sys.stderr)
-    raise SystemExit(EXIT_BAD_INPUT)
-
-
-def names_option(option: str, text: str | None, allowed: list[str]) -> list[str]:
-    """A comma-separated ``--option`` of names, each one of ``allowed`` (all
-    of them when not given); a name not allowed fails in one line."""
-    if text is None:
-        return allowed
-    names = text.split(",")
-    for name in names:
-        if name not in allowed:
-            fail(str(ConfigError(option, name, allowed)))
-    return names
 
 
 def user_overrides(argv: list[str]) -> list[str] | None:
@@ -99,10 +54,6 @@ def user_overrides(argv: list[str]) -> list[str] | None:
         elif not arg.startswith("-"):
             overrides.append(arg)
     return overrides
-
-
-def group_options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
 def is_multirun(argv: list[str]) -> bool:
@@ -152,51 +103,6 @@ def expand_sweeps(parsed: list[Override]) -> list[list[str]]:
         elif (values := sweep_values(override)) is not None:
             by_key[key] = [f"{key}={v}" for v in values]
     return [list(combo) for combo in itertools.product(*by_key.values())]
-
-
-def explain(error: Exception) -> str:
-    """One line for a Hydra / OmegaConf composition error."""
-    cause = error
-    # Hydra raises some errors while handling OmegaConf's (as __context__, not __cause__).
-    while not isinstance(cause, OmegaConfBaseException) and (cause.__cause__ or cause.__context__):
-        cause = cause.__cause__ or cause.__context__
-    # "In 'experiment/NAME': ..." says which config file holds the bad key.
-    where = str(error).split(": ", 1)[0] + ": " if str(error).startswith("In '") else ""
-    if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
-        key, owner = cause.full_key, getattr(cause, "object_type", None)
-        field_name = key.rsplit(".", 1)[-1]
-        fields = {f.name: f.type for f in dataclasses.fields(owner)} if dataclasses.is_dataclass(owner) else {}
-        if field_name in fields:
-            value = getattr(cause, "value", None)
-            return where + str(ConfigError(key, value, f"a value of type {fields[field_name]}"))
-        if fields:
-            parent = key.rsplit(".", 1)[0] if "." in key else "<top level>"
-            return f"{where}{key!s} is not a known key; allowed keys of {parent}: {', '.join(fields)}"
-        return f"{where}{key}: {cause.msg.splitlines()[0]}"
-    return str(error).strip().splitlines()[0]
-
-
-def register_all() -> None:
-    """Put every config schema (run, routers, tasks) into Hydra's ConfigStore."""
-    register_schemas()
-    ROUTERS.discover()
-    TASKS.discover()
-
-
-@contextmanager
-def hydra_context() -> Iterator[Hydra]:
-    """Hydra initialized on conf/, with every schema registered."""
-    register_all()
-    with initialize_config_dir(version_base=None, config_dir=str(CONF_DIR)):
-        yield GlobalHydra.instance().hydra
-
-
-def load_config(*overrides: str) -> RunConfig:
-    """The typed, validated RunConfig of ``python -m moebench <overrides>``."""
-    with hydra_context():
-        cfg = OmegaConf.to_object(compose("config", overrides=list(overrides)))
-    validate(cfg)
-    return cfg
 
 
 def check_runs(runs: list[list[str]], loader: ConfigLoader, runs_here: bool) -> None:
@@ -255,7 +161,7 @@ def preflight(argv: list[str]) -> None:
         fail(explain(e))
 
 
-@hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")
+@hydra.main(version_base=None, config_path=f"pkg://{CONF_MODULE}", config_name="config")
 def hydra_app(cfg: DictConfig) -> None:
     """One run; an interrupted one exits (130 or 143) so that a sweep stops there."""
     from moebench.interrupt import exit_stopped

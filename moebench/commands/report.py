@@ -1,7 +1,7 @@
 """Comparison report for any subset of the results.
 
-    python -m moebench.report task=synthetic router=top1,top2 --out reports/top1-vs-top2
-    python -m moebench.report task=synthetic config.moe.capacity_factor=1.0,2.0 --out reports/cf
+    moebench-report task=synthetic router=top1,top2 --out reports/top1-vs-top2
+    moebench-report task=synthetic config.moe.capacity_factor=1.0,2.0 --out reports/cf
 
 A selection is ``KEY=VALUE[,VALUE...]`` pairs: a run is selected when, for
 every KEY, its value is one of the VALUEs. KEY is a column of the runs frame
@@ -15,7 +15,7 @@ expert-count report instead (quality against the number of experts, Clark et
 al. 2022, Figure 1: ``experts.md``, ``.csv``, ``.svg``;
 :mod:`moebench.reporting.experts`):
 
-    python -m moebench.report --experts --results results/experts --out reports
+    moebench-report --experts --results results/experts --out reports
 """
 
 from __future__ import annotations
@@ -27,9 +27,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from moebench.cli import fail
+from moebench.commands.options import fail
 from moebench.errors import ConfigError
-from moebench.leaderboard import check_results_dir, load, write_reports
+from moebench.commands.leaderboard import check_results_dir
+from moebench.reporting.leaderboard import load, write_reports
 from moebench.reporting.experts import experts_files
 from moebench.reporting.output import write_files
 from moebench.results import Results
@@ -87,7 +88,7 @@ def select(results: Results, selection: dict[str, list[str]]) -> Results:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m moebench.report", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="moebench-report", description=__doc__.split("\n\n")[0],
                                      epilog=f"selection: KEY=VALUE[,VALUE...] pairs, {EXAMPLE}")
     parser.add_argument("selection", nargs="*", help="KEY=VALUE[,VALUE...]; none: every run")
     parser.add_argument("--out", required=True, help="output folder, e.g. reports/top1-vs-top2")

@@ -1,13 +1,13 @@
 """CI regression check: a fixed small slice of runs against a baseline measured over seeds.
 
-    python -m moebench.regress                       # run the slice; exit 1 on a regression
-    python -m moebench.regress --routers top1,top2 --tasks synthetic   # a quick local subset
-    python -m moebench.regress --update              # re-measure the baseline, on purpose
+    moebench-regress                       # run the slice; exit 1 on a regression
+    moebench-regress --routers top1,top2 --tasks synthetic   # a quick local subset
+    moebench-regress --update              # re-measure the baseline, on purpose
 
 The slice is every registered router but ``oracle`` (which needs the
 synthetic task's true clusters) on ``synthetic`` and ``shakespeare_char``,
 60 small steps (:data:`SLICE`). A new router joins it by being registered.
-The runs go in-process through :func:`moebench.cli.load_config` and
+The runs go in-process through :func:`moebench.compose.load_config` and
 :func:`moebench.run.run` into a temporary folder.
 
 Why a spread and not a number: one thread makes a run repeat bit for bit on
@@ -49,7 +49,8 @@ from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 from scipy import stats
 
-from moebench.cli import explain, fail, load_config, names_option
+from moebench.commands.options import fail, names_option
+from moebench.compose import explain, load_config
 from moebench.config import RunConfig
 from moebench.errors import ConfigError, DataError
 from moebench.interrupt import exit_stopped
@@ -203,7 +204,7 @@ def baseline_entry(key: str, seeds: list[dict]) -> dict:
 
 
 def write_baseline(path: Path, runs: dict[str, dict], seeds: list[int]) -> None:
-    baseline = {"about": "python -m moebench.regress --update; see moebench/regress.py",
+    baseline = {"about": "moebench-regress --update; see moebench/commands/regress.py",
                 "format": FORMAT, "seeds": seeds, "slice": SLICE, "runs": dict(sorted(runs.items())),
                 "measured_with": {"torch": torch.__version__,
                                   "kernels": torch.backends.cpu.get_cpu_capability()}}
@@ -222,7 +223,7 @@ def read_baseline(path: Path) -> dict | None:
         problem = str(e).splitlines()[0]
     if problem:
         fail(f"--baseline={str(path)!r} is not a usable baseline: {problem}; "
-             "re-measure it with python -m moebench.regress --update")
+             "re-measure it with moebench-regress --update")
     return baseline
 
 
@@ -331,7 +332,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m moebench.regress", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="moebench-regress", description=__doc__.split("\n\n")[0])
     parser.add_argument("--routers", help="comma-separated subset of the slice's routers")
     parser.add_argument("--tasks", help=f"comma-separated subset of {', '.join(SLICE_TASKS)}")
     parser.add_argument("--update", action="store_true",
@@ -351,8 +352,8 @@ def main(argv: list[str] | None = None) -> None:
     if baseline is None and not args.update:
         fail(f"--baseline={args.baseline!r}: no such file; create it with --update")
     if baseline is not None and baseline.get("slice") != SLICE:
-        fail(f"{path} was made with other slice settings than SLICE in moebench/regress.py; if the "
-             "change is intended, re-measure it whole: python -m moebench.regress --update")
+        fail(f"{path} was made with other slice settings than SLICE in moebench/commands/regress.py; if the "
+             "change is intended, re-measure it whole: moebench-regress --update")
     if args.update and baseline is not None and baseline["seeds"] != list(range(args.seeds)):
         fail(f"--seeds={args.seeds}: {path} was measured over seeds {baseline['seeds']}; "
              "update a subset with the same seeds, or re-measure it whole")

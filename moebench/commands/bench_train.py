@@ -1,8 +1,8 @@
 """Benchmark the training step of every router against the equal-FLOPs dense baseline.
 
-    python -m moebench.bench_train                      # -> results/bench/train_step_cpu.json
-    python -m moebench.bench_train --grouping position  # also moe.routing_groups=position
-    python -m moebench.bench_train --tasks synthetic --routers top1,top2 --repeats 3
+    moebench-bench-train                      # -> results/bench/train_step_cpu.json
+    moebench-bench-train --grouping position  # also moe.routing_groups=position
+    moebench-bench-train --tasks synthetic --routers top1,top2 --repeats 3
 
 Every (task family, router) model is built as a run builds it (the ``tiny``
 preset, the trainer's batch, AdamW and learning-rate schedule) and timed on
@@ -52,8 +52,9 @@ from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
-from moebench.bench import sync, write_atomic
-from moebench.cli import explain, fail, load_config, names_option
+from moebench.commands.bench import sync, write_atomic
+from moebench.commands.options import fail, names_option
+from moebench.compose import explain, load_config
 from moebench.config import RunConfig
 from moebench.errors import ConfigError, DataError
 from moebench.metrics.flops import TrainFlops, forward_flops
@@ -61,7 +62,7 @@ from moebench.models.ffn import FFNFactory
 from moebench.moe.block import MoEBlock
 from moebench.moe.grouping import future_leak
 from moebench.record import REPO_ROOT, environment
-from moebench.regress import slice_routers
+from moebench.commands.regress import slice_routers
 from moebench.routers import ROUTERS
 from moebench.tasks import TASKS, Task
 from moebench.train import make_optimizer, train_step
@@ -248,7 +249,7 @@ def _at_least(option: str, value: int, minimum: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m moebench.bench_train", description=__doc__,
+        prog="moebench-bench-train", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--tasks",
@@ -278,7 +279,7 @@ def main(argv: list[str] | None = None) -> None:
     record = {
         "schema": 1,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["python -m moebench.bench_train",
+        "command": " ".join(["moebench-bench-train",
                              *(argv if argv is not None else sys.argv[1:])]),
         **environment(args.device),
         "arguments": {"tasks": tasks, "routers": routers, "grouping": args.grouping,
