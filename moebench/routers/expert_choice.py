@@ -14,11 +14,13 @@ sequence included unless the groups are positions (moe/grouping.py).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from moebench.errors import ConfigError
 from moebench.moe.dispatch import capacity
 from moebench.routers import ROUTERS
 from moebench.routers.base import (
@@ -29,6 +31,10 @@ from moebench.routers.base import (
 @dataclass
 class ExpertChoiceConfig(RouterConfig):
     capacity_factor: float = 2.0  # c: mean experts per token (section 3.2)
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.capacity_factor) and self.capacity_factor > 0):
+            raise ConfigError("router.capacity_factor", self.capacity_factor, "a finite number > 0")
 
 
 def expert_choice(probs_TE: Tensor, capacity_per_expert: int, num_groups: int = 1) -> SparseRouting:

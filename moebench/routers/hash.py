@@ -76,6 +76,8 @@ class HashRouter(Router):
         self.register_buffer("expert_V", expert_V)
 
     def route(self, x_TD: Tensor, ctx: RouterContext) -> RouterOutput:
+        if ctx.token_ids_T is None:
+            raise ConfigError("router.name", "hash", "inputs with token ids (token_ids=)")
         expert_T = self.expert_V[ctx.token_ids_T]
         return RouterOutput(one_expert_each(expert_T), logits_TE=None)
 

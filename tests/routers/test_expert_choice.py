@@ -2,8 +2,10 @@
 
 import math
 
+import pytest
 import torch
 
+from moebench.errors import ConfigError
 from moebench.metrics.routing import RoutingAccumulator
 from moebench.moe.block import MoEBlock
 from moebench.moe.experts import Experts
@@ -47,3 +49,9 @@ def test_experts_per_token_share_counts_tokens_reaching_0_to_E_experts():
     assert math.isclose(sum(share), 1.0) and expected[len(share):].sum() == 0  # listed up to the most
     torch.testing.assert_close(torch.tensor(share, dtype=torch.double), expected[: len(share)])
     assert math.isclose(sum(n * s for n, s in enumerate(share)), 2.0)  # cf experts per token on average
+
+
+@pytest.mark.parametrize("cf", [0.0, -1.0, math.inf, math.nan])
+def test_a_capacity_factor_that_is_not_a_positive_number_is_refused(cf):
+    with pytest.raises(ConfigError, match="router.capacity_factor"):
+        ExpertChoiceConfig(name="expert_choice", capacity_factor=cf)

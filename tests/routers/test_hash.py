@@ -1,9 +1,11 @@
 """Hash layers: the expert is a fixed function of the input token id alone, and
 every token reaches it (no capacity)."""
 
+import pytest
 import torch
 
 from moebench.config import ModelConfig, MoEConfig
+from moebench.errors import ConfigError
 from moebench.routers.base import DataStats, RouterContext
 from moebench.routers.hash import HashConfig, HashRouter, balanced_hash
 
@@ -72,3 +74,9 @@ def test_dropless_by_default_as_the_paper_every_token_reaches_its_hashed_expert(
                                     MoEConfig(num_experts=E), DataStats(V))
     assert capped.train()(x_TD, ctx)[1].dropped > 200  # capacity ceil(1.25 * 400 / 8) = 63
     assert make_config("router=hash").router.dropless  # the record's config says so
+
+
+def test_routing_without_token_ids_fails_in_one_line():
+    router = HashRouter(HashConfig(name="hash"), 16, E, DataStats(vocab_size=V))
+    with pytest.raises(ConfigError, match="token_ids="):
+        router.route(torch.randn(4, 16), RouterContext(step=0))
