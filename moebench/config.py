@@ -60,6 +60,9 @@ class TrainerConfig:
     eval_points: Optional[int] = None
     eval_batches: int = 8
     log_every_s: float = 2.0
+    # Batch use: no step or validation lines. The start-up line of each phase,
+    # warnings, errors and the summary still print (moebench/tracking/progress.py).
+    quiet: bool = False
     device: str = "auto"
     # torch CPU threads; null: half the usable cores (train.resolve_threads); 1 per job for sweeps
     num_threads: Optional[int] = None
@@ -85,6 +88,30 @@ class TransferConfig:
 
 
 @dataclass
+class LoggerConfig:
+    """Run tracking, chosen by logger=NAME (conf/logger/, moebench/tracking/):
+    none (the default), csv or tensorboard; wandb and mlflow add their keys below."""
+
+    name: str = "none"  # none | csv | tensorboard | wandb | mlflow
+    # Shared by every run (each in its own subfolder), so one TensorBoard or
+    # MLflow UI compares a sweep's runs; relative to where the command starts, as results_dir.
+    save_dir: str = "tracking"
+
+
+@dataclass
+class WandbLoggerConfig(LoggerConfig):
+    project: str = "moebench"
+    entity: Optional[str] = None
+    mode: str = "offline"  # offline | online (after `wandb login`) | disabled
+
+
+@dataclass
+class MLflowLoggerConfig(LoggerConfig):
+    experiment_name: str = "moebench"
+    tracking_uri: Optional[str] = None  # null: file:<save_dir>/mlruns, a local store; or a server's URI
+
+
+@dataclass
 class RunConfig:
     router: Any = MISSING  # a RouterConfig subclass, chosen by router=NAME
     task: Any = MISSING  # a TaskConfig subclass, chosen by task=NAME
@@ -93,6 +120,7 @@ class RunConfig:
     moe: MoEConfig = field(default_factory=MoEConfig)
     data: DataConfig = field(default_factory=DataConfig)
     transfer: TransferConfig = field(default_factory=TransferConfig)
+    logger: Any = field(default_factory=LoggerConfig)  # a LoggerConfig subclass, chosen by logger=NAME
     seed: int = 0
     results_dir: str = "results/runs"
 
@@ -102,3 +130,6 @@ def register_schemas() -> None:
     cs.store(name="run_schema", node=RunConfig)
     cs.store(group="schema/model", name="model", node=ModelConfig)
     cs.store(group="schema/trainer", name="trainer", node=TrainerConfig)
+    cs.store(group="schema/logger", name="logger", node=LoggerConfig)
+    cs.store(group="schema/logger", name="wandb", node=WandbLoggerConfig)
+    cs.store(group="schema/logger", name="mlflow", node=MLflowLoggerConfig)

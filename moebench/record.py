@@ -13,48 +13,48 @@ import json
 import math
 import os
 import platform
-import subprocess
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
-SCHEMA_VERSION = 1
+from moebench.origin import hardware, moebench_version, source_commit
+
+# 2: provenance (started_at, ended_at, wall_time_s, command, data_files,
+# env.moebench, env.hardware), and git_sha only from moebench's own source tree.
+SCHEMA_VERSION = 2
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Config keys that do not change what a run measures: where its files are,
-# how often it logs, its thread count (which only reorders float sums), and
-# allow_leaky (which only permits a run that would otherwise be refused).
-# Left out of the config hash, and out of a setup's identity (results.py).
+# how often and how much it logs, where it is tracked, its thread count (which
+# only reorders float sums), and allow_leaky (which only permits a run that
+# would otherwise be refused). A key names a value or a whole section
+# ("logger"). Left out of the config hash, and out of a setup's identity (results.py).
 RESULT_NEUTRAL_KEYS = ("results_dir", "data.root", "data.cache_dir", "trainer.log_every_s",
-                       "trainer.num_threads", "router.allow_leaky")
-
-
-def _git(*args: str) -> str | None:
-    try:
-        out = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
+                       "trainer.quiet", "trainer.num_threads", "router.allow_leaky", "logger")
 
 
 def environment(device: str) -> dict:
+    """The software and machine a run ran on, and moebench's commit where it
+    runs from its own source tree (moebench/origin.py)."""
     try:
         import triton
 
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
-    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    git_sha, git_dirty = source_commit(REPO_ROOT)
     return {
-        "git_sha": _git("rev-parse", "HEAD"),
-        "git_dirty": None if dirty is None else bool(dirty),
+        "git_sha": git_sha,
+        "git_dirty": git_dirty,
+        "moebench": moebench_version(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "triton": triton_version,
         "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
         "device_type": device,
         "cpu_threads": torch.get_num_threads(),
+        "hardware": hardware(),
     }
 
 

@@ -3,13 +3,17 @@ leaderboard, the comparison reports and the regression check.
 
 Every ``*.json`` under the results folder is read (sorted, so the frames do
 not depend on the file system's order), except the folders in
-:data:`NOT_RECORDS`. A file that is not a valid record of
-:data:`~moebench.record.SCHEMA_VERSION` is skipped and reported by path with
-the reason, never a crash or a hang: not a regular file (a FIFO would block),
-not JSON, nested deeper than :data:`MAX_DEPTH`, a ``task`` or ``router`` that
-is not a :data:`NAME` (the task names figure files), a completed run whose
-quality is not a finite number, or a quality metric other than the one of
-its task's other records (a mean or a rank over two metrics means nothing).
+:data:`NOT_RECORDS`. A file that is not a valid record is skipped and
+reported by path with the reason, never a crash or a hang: not a regular
+file (a FIFO would block), not JSON, nested deeper than :data:`MAX_DEPTH`, a
+schema version this moebench does not read, not a
+:class:`~moebench.record_schema.ReportedRecord` (e.g. a ``task`` or
+``router`` that is not a name: the task names figure files), a completed
+run whose quality is not a finite number (it would be ranked), or a quality
+metric other than the one of its task's other records (a mean or a rank
+over two metrics means nothing). Records of an older schema version are
+migrated to the current one as they are read
+(:func:`~moebench.record_schema.migrate`).
 
 Missing numbers: older records hold bare ``NaN`` and ``Infinity``, newer
 ones ``null``; both read as missing (NaN in the frames). A diverged or
@@ -29,35 +33,30 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, replace
 from numbers import Real
 from pathlib import Path
 
 import pandas as pd
+from pydantic import ValidationError
 
-from moebench.record import RESULT_NEUTRAL_KEYS, SCHEMA_VERSION
+from moebench.record import RESULT_NEUTRAL_KEYS
+from moebench.record_schema import READABLE_VERSIONS, ReportedRecord, error_reason, migrate
 
 # Subfolders of results/ that hold other JSON, or other experiments' records
 # (the smoke-test tier, the expert-count experiment), each read on its own.
 NOT_RECORDS = ("bench", "baselines", "quick", "experts")
-STATUSES = ("completed", "diverged", "interrupted")
 # Config keys that do not change what a run measures (record.RESULT_NEUTRAL_KEYS
-# says why): not part of a setup; the seed tells the runs of a setup apart.
+# says why), each a value or a whole section: not part of a setup; the seed
+# tells the runs of a setup apart.
 IGNORED_KEYS = ("seed", *RESULT_NEUTRAL_KEYS)
 # Router options that name a variant of the router itself, shown in its name:
 # the dense baseline at the active or the total parameter count of the MoE.
 VARIANT_KEYS = {"dense": "params"}
 ID_COLUMNS = ["run_id", "task", "setup", "seed"]
-# What a task or router name may be: a file name on any system, and no path.
-NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 # Records nest 6 deep; far deeper ones would exhaust Python's stack when read.
 MAX_DEPTH = 32
-
-_TOP_LEVEL = {"schema_version": int, "run_id": str, "status": str, "router": str, "task": str,
-              "seed": int, "config": dict, "env": dict, "metrics": dict, "curves": list}
-_METRICS = {"quality_metric": str, "higher_is_better": bool}
 
 
 class RecordError(ValueError):
@@ -90,46 +89,25 @@ class Results:
 
 
 def validate(record: object) -> dict:
-    """``record`` if it is a run record this moebench reads, else RecordError."""
+    """``record``, in the current schema version's shape, if it is a run record
+    this moebench reads, else RecordError."""
     if not isinstance(record, dict):
         raise RecordError("not a JSON object")
     version = record.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise RecordError(f"unknown schema version {version!r} (this moebench reads {SCHEMA_VERSION})")
+    if isinstance(version, bool) or version not in READABLE_VERSIONS:
+        raise RecordError(f"unknown schema version {version!r} (this moebench reads "
+                          f"{', '.join(map(str, READABLE_VERSIONS))})")
     if _depth(record) > MAX_DEPTH:
         raise RecordError(f"nested deeper than {MAX_DEPTH} levels")
-    _check_fields(record, _TOP_LEVEL, "")
-    _check_fields(record["metrics"], _METRICS, "metrics.")
-    for key in ("task", "router"):
-        if not NAME.fullmatch(record[key]):
-            raise RecordError(f"{key} {record[key]!r} is not a name (a-z, 0-9, _ and -, up to 64)")
-    if record["status"] not in STATUSES:
-        raise RecordError(f"status {record['status']!r} is not one of {', '.join(STATUSES)}")
-    _check_quality(record["metrics"].get("quality"), record["status"])
-    if not all(isinstance(p, dict) and isinstance(p.get("step"), int) for p in record["curves"]):
-        raise RecordError("curves must be a list of objects with an integer step")
-    losses = record.get("train_loss_curve", [])  # absent from records before it was recorded
-    if not (isinstance(losses, list)
-            and all(isinstance(p, dict) and isinstance(p.get("last_step"), int) for p in losses)):
-        raise RecordError("train_loss_curve must be a list of objects with an integer last_step")
-    metrics = record["metrics"]
-    per_layer = metrics.get("per_layer", [])
-    if not (isinstance(per_layer, list) and all(isinstance(layer, dict) for layer in per_layer)):
-        raise RecordError("metrics.per_layer must be a list of objects")
-    # The per-expert, per-position and per-cluster details the figures read.
-    _check_numbers(metrics.get("drop_rate_by_position", []), 1, "metrics.drop_rate_by_position")
-    for i, layer in enumerate(per_layer):
-        _check_numbers(layer.get("load_E", []), 1, f"metrics.per_layer[{i}].load_E")
-        _check_numbers(layer.get("cluster_expert", []), 2, f"metrics.per_layer[{i}].cluster_expert")
-    return record
-
-
-def _check_fields(obj: dict, fields: dict[str, type], prefix: str) -> None:
-    for key, kind in fields.items():
-        value = obj.get(key)
-        # bool is an int to Python, but a seed of true is not a seed
-        if not isinstance(value, kind) or (kind in (int, Real) and isinstance(value, bool)):
-            raise RecordError(f"{prefix}{key} is {value!r}, expected {kind.__name__}")
+    try:
+        ReportedRecord.model_validate(record)
+    except ValidationError as e:
+        raise RecordError(error_reason(e.errors()[0])) from None
+    quality = record["metrics"].get("quality")
+    if record["status"] == "completed" and (quality is None or not math.isfinite(quality)):
+        raise RecordError(f"metrics.quality is {'missing' if quality is None else quality}, "
+                          "expected a finite number in a completed run")
+    return migrate(record)
 
 
 def _depth(value: object) -> int:
@@ -144,29 +122,8 @@ def _depth(value: object) -> int:
     return deepest
 
 
-def _check_quality(quality: object, status: str) -> None:
-    """A number, or missing; a completed run's must be finite, as it is ranked."""
-    if isinstance(quality, bool) or not isinstance(quality, (Real, type(None))):
-        raise RecordError(f"metrics.quality is {quality!r}, expected a number")
-    if status == "completed" and (quality is None or not math.isfinite(quality)):
-        raise RecordError(f"metrics.quality is {'missing' if quality is None else quality}, "
-                          "expected a finite number in a completed run")
-
-
 def _number(value: Real | None) -> float:
     return math.nan if value is None else float(value)
-
-
-def _check_numbers(value: object, depth: int, name: str) -> None:
-    """A list of numbers (depth 1) or a list of lists of numbers (depth 2);
-    null stands for a missing number."""
-    def ok(v: object, d: int) -> bool:
-        if d == 0:
-            return v is None or (isinstance(v, Real) and not isinstance(v, bool))
-        return isinstance(v, list) and all(ok(item, d - 1) for item in v)
-
-    if not ok(value, depth):
-        raise RecordError(f"{name} must be a list{' of lists' * (depth - 1)} of numbers")
 
 
 def read_record(path: Path) -> dict:
@@ -214,6 +171,13 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
     return flat
 
 
+def setup_config(record: dict) -> dict[str, object]:
+    """The record's flattened config without :data:`IGNORED_KEYS`: a key, or
+    every key of an ignored section (``logger.*``)."""
+    return {key: value for key, value in flatten(record["config"]).items()
+            if not any(key == ignored or key.startswith(f"{ignored}.") for ignored in IGNORED_KEYS)}
+
+
 def variant(record: dict) -> str:
     """The router's display name: ``top1``, ``dense (active)``."""
     key = VARIANT_KEYS.get(record["router"])
@@ -227,8 +191,7 @@ def setup_names(records: list[dict]) -> list[str]:
     setups of its task differ (router options compared within one router) and
     its value is not the task's most common one. Distinct configs get distinct
     names: where two differ, at least one of them departs from the common value."""
-    configs = [{k: v for k, v in flatten(r["config"]).items() if k not in IGNORED_KEYS}
-               for r in records]
+    configs = [setup_config(r) for r in records]
     groups: dict[tuple[str, str | None], list[dict]] = defaultdict(list)
     for r, config in zip(records, configs):
         groups[r["task"], None].append(config)
@@ -312,8 +275,7 @@ def _one_completed_run_per_seed(found: list[tuple[str, dict]]) -> tuple[list[tup
     first: dict[str, str] = {}
     kept, skipped = [], []
     for path, r in found:
-        identity = _text([r["task"], r["seed"], {k: v for k, v in flatten(r["config"]).items()
-                                                 if k not in IGNORED_KEYS}])
+        identity = _text([r["task"], r["seed"], setup_config(r)])
         if r["status"] != "completed":
             kept.append((path, r))
         elif identity in first:

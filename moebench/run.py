@@ -7,6 +7,8 @@ import logging
 import os
 import sys
 import tempfile
+import time
+from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,11 +19,15 @@ from moebench.config import RunConfig
 from moebench.validation import validate
 from moebench.errors import ConfigError
 from moebench.interrupt import held_signals, interruption, sigterm_raises
+from moebench.origin import command, data_files, utc_now
 from moebench.record import (SCHEMA_VERSION, config_hash, environment, find_completed, new_run_id,
                              write_record)
+from moebench.record_schema import RunRecord
 from moebench.routers.oracle import OracleConfig
 from moebench.tasks import TASKS, Task
 from moebench.tasks.data import cache_dir
+from moebench.tracking import open_tracker
+from moebench.tracking.base import Tracker
 from moebench.train import TrainResult, resolve_device, resolve_threads, train
 
 log = logging.getLogger(__name__)
@@ -55,6 +61,7 @@ def run(cfg: RunConfig) -> Path:
         log.info("already completed, skipping: %s", done)
         return done
     check_writable(cfg.results_dir)
+    started_at, started = utc_now(), time.monotonic()
     torch.set_num_threads(resolve_threads(cfg.trainer.num_threads))
     env = environment(resolve_device(cfg.trainer.device).type)
     with sigterm_raises():
@@ -77,13 +84,27 @@ def run(cfg: RunConfig) -> Path:
                 "metrics": run_metrics(task, pretrained, result, oracle),
                 "curves": result.curves,
                 "train_loss_curve": result.train_loss_curve,
+                "started_at": started_at,
+                "ended_at": utc_now(),
+                "wall_time_s": time.monotonic() - started,
+                "command": command(),
+                "data_files": data_files(read_tasks(cfg)),
             }
             print(summary_table(record))
             path = save(record, cfg)
             print(f"run record: {path}")
+            # A missing or mistyped field (a bug) fails here, not in a reader;
+            # after saving, so the run's measurements are not lost to it.
+            RunRecord.model_validate(record)
     if held:
         raise interruption(held[0])
     return path
+
+
+def read_tasks(cfg: RunConfig) -> list[str]:
+    """The tasks whose data the run reads: its own, and the pretraining task's."""
+    pretrain = cfg.transfer.pretrain_task
+    return [cfg.task.name] + ([pretrain.name] if pretrain is not None else [])
 
 
 def interrupted_by(path: Path) -> str | None:
@@ -94,16 +115,17 @@ def interrupted_by(path: Path) -> str | None:
 def train_phases(cfg: RunConfig, task: Task) -> tuple[TrainResult | None, TrainResult,
                                                       TrainResult | None]:
     """(pretraining, training, oracle baseline), the first and last if configured.
-    An interrupted phase stops training: later ones do not train."""
-    pretrained = pretrain(cfg) if cfg.transfer.pretrain_task is not None else None
-    stopped = pretrained is not None and pretrained.interrupted_by is not None
-    # The record needs the model's quality on the task: evaluate it as it stands.
-    result = train(untrained(cfg) if stopped else cfg, task,
-                   init_from=pretrained.model if pretrained else None)
-    oracle = None
-    if getattr(cfg.task, "oracle_baseline", False) and result.status == "completed" and not stopped:
-        log.info("training the same model with the oracle router (routes by true cluster)")
-        oracle = train(cfg, task, router_cfg=OracleConfig(k=1))
+    An interrupted phase stops training: later ones do not train. Every
+    phase reports to the run's one tracker (``logger=``, moebench/tracking/)."""
+    with closing(open_tracker(cfg)) as tracker:
+        pretrained = pretrain(cfg, tracker) if cfg.transfer.pretrain_task is not None else None
+        stopped = pretrained is not None and pretrained.interrupted_by is not None
+        # The record needs the model's quality on the task: evaluate it as it stands.
+        result = train(untrained(cfg) if stopped else cfg, task,
+                       init_from=pretrained.model if pretrained else None, tracker=tracker)
+        oracle = None
+        if getattr(cfg.task, "oracle_baseline", False) and result.status == "completed" and not stopped:
+            oracle = train(cfg, task, router_cfg=OracleConfig(k=1), phase="oracle", tracker=tracker)
     return pretrained, result, oracle
 
 
@@ -158,13 +180,13 @@ def untrained(cfg: RunConfig) -> RunConfig:
                                         max_train_flops=None))
 
 
-def pretrain(cfg: RunConfig) -> TrainResult:
+def pretrain(cfg: RunConfig, tracker: Tracker) -> TrainResult:
     """The pretraining phase of a transfer run, on ``transfer.pretrain_task``."""
     pre_task_cfg = cfg.transfer.pretrain_task
-    log.info("pretraining on %s for %d steps", pre_task_cfg.name, cfg.transfer.pretrain_steps)
     pre_cfg = replace(cfg, task=pre_task_cfg,
                       trainer=replace(cfg.trainer, max_steps=cfg.transfer.pretrain_steps))
-    return train(pre_cfg, TASKS.get(pre_task_cfg.name).cls(pre_task_cfg, cfg.data, cfg.seed))
+    return train(pre_cfg, TASKS.get(pre_task_cfg.name).cls(pre_task_cfg, cfg.data, cfg.seed),
+                 phase="pretrain", tracker=tracker)
 
 
 def summary_table(record: dict) -> str:

@@ -21,7 +21,7 @@ from moebench.config import RunConfig, TrainerConfig
 from moebench.evaluate import EVAL_SEED, batch_context, evaluate
 from moebench.interrupt import held_signals, signal_name
 from moebench.metrics.causality import task_causal_leak
-from moebench.metrics.flops import TrainFlops, forward_flops
+from moebench.metrics.flops import TrainFlops, cost_metrics, forward_flops, param_count
 from moebench.metrics.loss_curve import LossCurve
 from moebench.metrics.probe import probing
 from moebench.metrics.routing import RoutingAccumulator
@@ -29,6 +29,8 @@ from moebench.models.ffn import FFNFactory
 from moebench.moe.block import LayerStats
 from moebench.optim import LazyAdam, Optimizers
 from moebench.tasks import Task
+from moebench.tracking.base import NoTracker, Tracker
+from moebench.tracking.progress import MAIN_PHASE, Progress
 
 log = logging.getLogger(__name__)
 
@@ -210,9 +212,19 @@ def train_step(model: nn.Module, task: Task, batch, step: int, optimizer: torch.
     return task_loss, layer_stats
 
 
-def train(cfg: RunConfig, task: Task, router_cfg=None, init_from: nn.Module | None = None) -> TrainResult:
+def timed_evaluate(model: nn.Module, task: Task, cfg: RunConfig, batch_size: int) -> tuple[dict, float]:
+    """An evaluation on the task's first evaluation split, and the seconds it took."""
+    started = time.perf_counter()
+    evaluation = evaluate(model, task, task.eval_splits[0], cfg, batch_size)
+    return evaluation, time.perf_counter() - started
+
+
+def train(cfg: RunConfig, task: Task, router_cfg=None, init_from: nn.Module | None = None,
+          phase: str = MAIN_PHASE, tracker: Tracker | None = None) -> TrainResult:
     """Train and evaluate one model; ``router_cfg`` overrides ``cfg.router``;
     ``init_from`` starts from another model's matching weights (fine-tuning).
+    ``phase`` names the phase in its progress lines and tracked metrics
+    (moebench/tracking/progress.py); ``tracker`` receives them.
 
     Ctrl-C or SIGTERM stops training; the final evaluation then runs with both
     signals held, and one that arrives there also makes the status interrupted:
@@ -232,15 +244,17 @@ def train(cfg: RunConfig, task: Task, router_cfg=None, init_from: nn.Module | No
     train_routing = RoutingAccumulator()
     train_flops = TrainFlops()
     window = RoutingAccumulator()
-    train_time, tokens_seen, last_log = 0.0, 0, time.perf_counter()
+    train_time, tokens_seen = 0.0, 0
+    tokens_per_step = batch_size * task.tokens_per_example
     loss_curve = LossCurve(t.max_steps)
+    progress = Progress(phase, t, task.quality_metric, tracker or NoTracker())
     try:
         if t.max_tokens is not None or t.max_train_flops is not None:
             step_flops = training_forward_flops(model, task, batch_size)
-            t = replace(t, max_steps=budget_steps(t, batch_size * task.tokens_per_example, step_flops))
+            t = replace(t, max_steps=budget_steps(t, tokens_per_step, step_flops))
             loss_curve = LossCurve(t.max_steps)  # buckets sized for the steps the budget buys
-            log.info("budget: %d steps", t.max_steps)
         evaluate_at = eval_steps(t)
+        progress.plan(t, evaluate_at)
         optimizer = make_optimizer(model, t)
         autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.dtype == "bfloat16")
         generator = torch.Generator().manual_seed(cfg.seed)
@@ -266,19 +280,20 @@ def train(cfg: RunConfig, task: Task, router_cfg=None, init_from: nn.Module | No
             tokens_seen += batch.inputs.shape[0] * task.tokens_per_example
             loss_curve.add(step + 1, task_loss, tokens_seen)
 
-            now = time.perf_counter()
-            if now - last_log >= t.log_every_s or step == t.max_steps - 1:
-                routing = window.summary()
-                log.info(
-                    "step %4d/%d | loss %.4f | drop %5.1f%% | load cv %.3f | %7.0f tok/s",
-                    step + 1, t.max_steps, task_loss.item(), 100 * routing.get("drop_rate", 0.0),
-                    routing.get("load_cv", 0.0), tokens_seen / max(train_time, 1e-9),
-                )
-                window, last_log = RoutingAccumulator(), now
+            if train_flops.steps == 1:  # the first step has measured what a step executes
+                progress.start((router_cfg or cfg.router).name, cfg.task.name,
+                               cost_metrics(model, layer_stats, task.tokens_per_example)["active_params"],
+                               param_count(model), 3 * train_flops.summary()["train_flops_per_token"],
+                               tokens_per_step, device)
+            if progress.due(step + 1):
+                progress.step(step + 1, task_loss.item(), learning_rate(step, t), window.summary(),
+                              tokens_seen, train_time)
+                window = RoutingAccumulator()
             if step + 1 in evaluate_at:
-                curves.append(curve_point(step + 1, task_loss.item(),
-                                          evaluate(model, task, task.eval_splits[0], cfg, batch_size),
-                                          tokens_seen, train_flops_spent(train_flops, tokens_seen)))
+                evaluation, seconds = timed_evaluate(model, task, cfg, batch_size)
+                progress.evaluation(step + 1, evaluation, seconds)
+                curves.append(curve_point(step + 1, task_loss.item(), evaluation, tokens_seen,
+                                          train_flops_spent(train_flops, tokens_seen)))
         steps_done = t.max_steps
     except KeyboardInterrupt as stop:
         status, interrupted_by = "interrupted", signal_name(stop)
@@ -287,7 +302,8 @@ def train(cfg: RunConfig, task: Task, router_cfg=None, init_from: nn.Module | No
         steps_done = step
 
     with held_signals() as held:
-        final = evaluate(model, task, task.eval_splits[0], cfg, batch_size)
+        final, seconds = timed_evaluate(model, task, cfg, batch_size)
+        progress.evaluation(steps_done, final, seconds, final=True)
         curves.append(curve_point(steps_done, None, final, tokens_seen,
                                   train_flops_spent(train_flops, tokens_seen)))
         metrics = {"val_loss": final.pop("loss"), "val_accuracy": final.pop("accuracy"), **final}

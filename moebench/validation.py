@@ -19,6 +19,7 @@ from moebench.moe.experts import ACTIVATIONS, IMPLS
 from moebench.moe.grouping import ROUTING_GROUPS, future_leak
 from moebench.routers import ROUTERS
 from moebench.tasks import TASKS
+from moebench.tracking import check_logger
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "bfloat16")
@@ -50,6 +51,7 @@ def validate(cfg: RunConfig, runs_here: bool = True) -> None:
     _validate_moe(cfg, router_cls, task_cls)
     _validate_model(cfg.model)
     _validate_trainer(cfg.trainer, runs_here)
+    check_logger(cfg.logger, runs_here)
     block_size = getattr(cfg.task, "block_size", None)
     if block_size is not None:
         _validate_block_size(cfg, block_size, task_cls.causal)

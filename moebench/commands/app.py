@@ -35,7 +35,10 @@ from moebench.validation import validate
 # Hydra flags that change which config is loaded: then Hydra checks alone.
 _CONFIG_FLAGS = {"-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir"}
 _FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--info", "-i", "--experimental-rerun",
-                     "--shell-completion", "-sc", *_CONFIG_FLAGS}
+                     *_CONFIG_FLAGS}
+# Flags that make Hydra answer without running: nothing to check (a shell
+# completion query must answer fast, whatever the command line holds so far).
+_ANSWERING_FLAGS = {"--help", "-h", "--hydra-help", "--shell-completion", "-sc"}
 # Launchers that run the jobs on this machine, whose devices can be checked.
 LOCAL_LAUNCHERS = ("BasicLauncher", "JoblibLauncher", "LocalLauncher")
 PROGRESS_EVERY_S = 2.0
@@ -47,7 +50,7 @@ def user_overrides(argv: list[str]) -> list[str] | None:
     for arg in argv:
         if skip_next:
             skip_next = False
-        elif arg in _CONFIG_FLAGS or arg in ("--help", "-h", "--hydra-help"):
+        elif arg in _CONFIG_FLAGS or arg in _ANSWERING_FLAGS:
             return None
         elif arg in _FLAGS_WITH_VALUE:
             skip_next = True
@@ -187,3 +190,7 @@ def main() -> None:
         hydra_app()
     except KeyboardInterrupt as stop:  # before a record, or a signal repeated
         exit_stopped(signal_name(stop))
+
+
+if __name__ == "__main__":
+    main()

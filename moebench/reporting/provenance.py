@@ -1,7 +1,7 @@
 """Where the records came from: the git commits of the code that wrote them.
 
-Every record's ``env`` holds ``git_sha`` (the commit checked out, null
-outside a git checkout) and ``git_dirty`` (whether tracked files had
+Every record's ``env`` holds ``git_sha`` (moebench's own commit, null
+unless it ran from its own repository: :func:`moebench.origin.source_commit`) and ``git_dirty`` (whether tracked files had
 uncommitted changes; :func:`moebench.record.environment`). The runs frame of
 :mod:`moebench.results` leaves ``env`` out, so :func:`with_commits` reads the
 two fields back from the loaded records' files into the columns
