@@ -38,6 +38,13 @@ class MoEConfig:
     # all: route the batch's tokens together; position: one routing group per
     # sequence position, causal-safe for every router (moe/grouping.py).
     routing_groups: str = "all"
+    # Expert parallelism (moe/expert_parallel.py): the experts sharded over
+    # this many processes, each routing its shard of the batch as a group of
+    # its own. Under torchrun (as many processes) they are real processes; on
+    # one process the shards are micro-batches: the same model, trained alike.
+    expert_parallel: int = 1
+    # Processes the communication metrics simulate (metrics/communication.py).
+    comm_ranks: int = 8
 
 
 @dataclass

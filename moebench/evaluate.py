@@ -42,13 +42,13 @@ def evaluate(model: nn.Module, task: Task, split: str, cfg: RunConfig, batch_siz
     # the training after a mid-run evaluation does not depend on eval_every.
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(EVAL_SEED)
-        return _evaluate(model, task, split, batch_size, batches, device)
+        return _evaluate(model, task, split, batch_size, batches, device, cfg.moe.comm_ranks)
 
 
 def _evaluate(model: nn.Module, task: Task, split: str, batch_size: int, batches: int,
-              device: torch.device) -> dict:
+              device: torch.device, comm_ranks: int) -> dict:
     generator = torch.Generator().manual_seed(EVAL_SEED)
-    routing = RoutingAccumulator(keep_tokens=True)
+    routing = RoutingAccumulator(keep_tokens=True, comm_ranks=comm_ranks)
     loss_sum, correct, counted = 0.0, 0.0, 0.0
     costs: dict[str, float] = {}
     for _ in range(batches):

@@ -32,6 +32,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # ("logger"). Left out of the config hash, and out of a setup's identity (results.py).
 RESULT_NEUTRAL_KEYS = ("results_dir", "data.root", "data.cache_dir", "trainer.log_every_s",
                        "trainer.quiet", "trainer.num_threads", "router.allow_leaky", "logger")
+# Keys added after records were made: at these defaults a config keeps the
+# identity it had before them, so completed runs are still found.
+KEYS_ADDED_LATER = {"moe.expert_parallel": 1, "moe.comm_ranks": 8}
 
 
 def environment(device: str) -> dict:
@@ -66,12 +69,20 @@ def config_hash(config: dict) -> str:
     """
     identity = copy.deepcopy(config)
     for key in RESULT_NEUTRAL_KEYS:
-        *parents, leaf = key.split(".")
-        node = identity
-        for parent in parents:
-            node = node.get(parent) or {}
-        node.pop(leaf, None)
+        _parent(identity, key).pop(key.rsplit(".", 1)[-1], None)
+    for key, default in KEYS_ADDED_LATER.items():
+        parent, leaf = _parent(identity, key), key.rsplit(".", 1)[-1]
+        if parent.get(leaf) == default:
+            parent.pop(leaf)
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _parent(config: dict, key: str) -> dict:
+    """The node holding dotted ``key`` (empty when there is none)."""
+    node = config
+    for parent in key.split(".")[:-1]:
+        node = node.get(parent) or {}
+    return node
 
 
 def new_run_id(router: str, task: str, seed: int, digest: str) -> str:

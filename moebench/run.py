@@ -16,6 +16,7 @@ import torch
 from omegaconf import OmegaConf
 
 from moebench.config import RunConfig
+from moebench.distributed import init_from_env, rank
 from moebench.validation import validate
 from moebench.errors import ConfigError
 from moebench.interrupt import held_signals, interruption, sigterm_raises
@@ -27,7 +28,7 @@ from moebench.routers.oracle import OracleConfig
 from moebench.tasks import TASKS, Task
 from moebench.tasks.data import cache_dir
 from moebench.tracking import open_tracker
-from moebench.tracking.base import Tracker
+from moebench.tracking.base import NoTracker, Tracker
 from moebench.train import TrainResult, resolve_device, resolve_threads, train
 
 log = logging.getLogger(__name__)
@@ -43,8 +44,10 @@ class RecordNotSaved(RuntimeError):
     """The record could not be written to results_dir; the message says where it is."""
 
 
-def run(cfg: RunConfig) -> Path:
+def run(cfg: RunConfig) -> Path | None:
     """Train and evaluate ``cfg``; return the path of its run record.
+    Under torchrun (``moe.expert_parallel`` processes, moebench/distributed.py)
+    every process trains and rank 0 writes the one record; the others return None.
 
     A run whose completed record already exists in ``results_dir`` is not
     repeated, so an interrupted sweep resumes where it stopped. Ctrl-C or
@@ -54,6 +57,10 @@ def run(cfg: RunConfig) -> Path:
     that arrives while the record is written is raised once it is written.
     """
     validate(cfg)
+    world_size = init_from_env(resolve_device(cfg.trainer.device))
+    if world_size not in (1, cfg.moe.expert_parallel):
+        raise ConfigError("moe.expert_parallel", cfg.moe.expert_parallel,
+                          f"{world_size}, the processes torchrun started")
     resolved = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
     digest = config_hash(resolved)
     done = find_completed(cfg.results_dir, digest)
@@ -90,9 +97,11 @@ def run(cfg: RunConfig) -> Path:
                 "command": command(),
                 "data_files": data_files(read_tasks(cfg)),
             }
-            print(summary_table(record))
-            path = save(record, cfg)
-            print(f"run record: {path}")
+            path = None
+            if rank() == 0:  # under expert parallelism one record, rank 0's
+                print(summary_table(record))
+                path = save(record, cfg)
+                print(f"run record: {path}")
             # A missing or mistyped field (a bug) fails here, not in a reader;
             # after saving, so the run's measurements are not lost to it.
             RunRecord.model_validate(record)
@@ -117,7 +126,7 @@ def train_phases(cfg: RunConfig, task: Task) -> tuple[TrainResult | None, TrainR
     """(pretraining, training, oracle baseline), the first and last if configured.
     An interrupted phase stops training: later ones do not train. Every
     phase reports to the run's one tracker (``logger=``, moebench/tracking/)."""
-    with closing(open_tracker(cfg)) as tracker:
+    with closing(open_tracker(cfg) if rank() == 0 else NoTracker()) as tracker:
         pretrained = pretrain(cfg, tracker) if cfg.transfer.pretrain_task is not None else None
         stopped = pretrained is not None and pretrained.interrupted_by is not None
         # The record needs the model's quality on the task: evaluate it as it stands.

@@ -15,9 +15,13 @@ import time
 from dataclasses import dataclass, field, replace
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from moebench.config import RunConfig, TrainerConfig
+from moebench.distributed import (gather_from_ranks, grad_norm, local_shards, mean_over_ranks, rank,
+                                  sync_gradients, total_params)
+from moebench.errors import ConfigError
 from moebench.evaluate import EVAL_SEED, batch_context, evaluate
 from moebench.interrupt import held_signals, signal_name
 from moebench.metrics.causality import task_causal_leak
@@ -26,7 +30,8 @@ from moebench.metrics.loss_curve import LossCurve
 from moebench.metrics.probe import probing
 from moebench.metrics.routing import RoutingAccumulator
 from moebench.models.ffn import FFNFactory
-from moebench.moe.block import LayerStats
+from moebench.moe.block import LayerStats, MoEBlock
+from moebench.moe.expert_parallel import ExchangeMeter, shard_experts
 from moebench.optim import LazyAdam, Optimizers
 from moebench.tasks import Task
 from moebench.tracking.base import NoTracker, Tracker
@@ -173,12 +178,15 @@ def curve_point(step: int, train_loss: float | None, evaluation: dict, train_tok
     return point
 
 
-def clip_grad_norm(model: nn.Module, max_norm: float) -> None:
+def clip_grad_norm(model: nn.Module, max_norm: float, total: Tensor | None = None) -> None:
     """``nn.utils.clip_grad_norm_``, sparse gradients (PEER's tables) included:
     torch's norm kernels reject sparse tensors, so each enters the total by
-    its own norm, and it is scaled through its values, which keeps it coalesced."""
+    its own norm, and it is scaled through its values, which keeps it coalesced.
+    ``total``: the norm, when this process holds only part of the model
+    (expert parallelism: moebench.distributed.grad_norm)."""
     grads = [p.grad for p in model.parameters() if p.grad is not None]
-    total = nn.utils.get_total_norm([g.norm() if g.is_sparse else g for g in grads])
+    if total is None:
+        total = nn.utils.get_total_norm([g.norm() if g.is_sparse else g for g in grads])
     coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
     for g in grads:
         (g.values() if g.is_sparse else g).mul_(coef)
@@ -190,26 +198,43 @@ def grads_finite(model: nn.Module) -> bool:
 
 
 def train_step(model: nn.Module, task: Task, batch, step: int, optimizer: torch.optim.Optimizer,
-               t: TrainerConfig,
-               autocast: torch.autocast) -> tuple[Tensor, list[LayerStats | None]] | None:
-    """One training step on ``batch``: forward, backward, clipping, update.
-    Returns (task loss, the FFN layers' stats), or None when the loss or a
-    gradient is NaN/Inf and the update was skipped. Its own function so that
+               t: TrainerConfig, autocast: torch.autocast,
+               expert_parallel: int = 1) -> tuple[Tensor, list[list[LayerStats | None]]] | None:
+    """One training step on the global ``batch``: forward, backward, clipping,
+    update. Under ``moe.expert_parallel`` = P the batch is P shards, each
+    routed as a group of its own: this process's shard when P processes run,
+    else every shard in turn, their gradients added up (moebench/distributed.py).
+    Returns (the task loss, mean over shards, and the FFN layers' stats of
+    each shard run here), or None when the loss or a gradient is NaN/Inf and
+    the update was skipped. Its own function so that
     moebench.commands.bench_train times exactly the step that training runs."""
     model.train()
     for group in optimizer.param_groups:
         group["lr"] = learning_rate(step, t)
-    with autocast:
-        loss, task_loss, aux, layer_stats = step_loss(model, task, batch, step)
     optimizer.zero_grad(set_to_none=True)
-    if torch.isfinite(loss):
-        loss.backward()
-    if not torch.isfinite(loss) or not grads_finite(model):
+    shards = local_shards(batch, expert_parallel)
+    losses, shard_stats = [], []
+    for shard in shards:
+        with autocast:
+            loss, task_loss, aux, layer_stats = step_loss(model, task, shard, step)
+        # Even a NaN/Inf loss goes backward: every process must join the
+        # exchange's backward; the step is skipped below, on every process alike.
+        (loss / len(shards)).backward()
+        losses.append(torch.stack([loss.detach(), task_loss.detach()]))
+        shard_stats.append(layer_stats)
+    loss, task_loss = mean_over_ranks(torch.stack(losses).mean(0))
+    if dist.is_initialized():
+        sync_gradients(model)
+        total = grad_norm(model)
+        finite = bool(torch.isfinite(total))
+    else:
+        total, finite = None, grads_finite(model)
+    if not torch.isfinite(loss) or not finite:
         return None
     if t.grad_clip > 0:
-        clip_grad_norm(model, t.grad_clip)
+        clip_grad_norm(model, t.grad_clip, total)
     optimizer.step()
-    return task_loss, layer_stats
+    return task_loss, shard_stats
 
 
 def timed_evaluate(model: nn.Module, task: Task, cfg: RunConfig, batch_size: int) -> tuple[dict, float]:
@@ -233,6 +258,17 @@ def train(cfg: RunConfig, task: Task, router_cfg=None, init_from: nn.Module | No
     torch.manual_seed(cfg.seed)
     ffn = FFNFactory(router_cfg or cfg.router, cfg.model, cfg.moe, task.data_stats())
     model = task.build_model(cfg.model, ffn).to(device)
+    if cfg.moe.expert_parallel > 1 and not any(isinstance(m, MoEBlock) for m in model.modules()):
+        raise ConfigError("moe.expert_parallel", cfg.moe.expert_parallel,
+                          f"1: router {(router_cfg or cfg.router).name} has no MoE block to shard")
+    # Under torchrun each process keeps its share of the experts (before a
+    # pretrained model's shard is copied in) and evaluates whole batches, as
+    # one process does: the exchange then carries every process's copy, and
+    # the meter is read during training steps only.
+    meter = ExchangeMeter() if dist.is_initialized() else None
+    if meter is not None:
+        shard_experts(model, meter=meter)
+    exchange = {"a2a_bytes_sent": 0.0, "a2a_seconds": 0.0}
     if init_from is not None:
         copied = load_matching(model, init_from.state_dict())
         log.info("fine-tuning: %d of %d tensors from the pretrained model",
@@ -247,7 +283,9 @@ def train(cfg: RunConfig, task: Task, router_cfg=None, init_from: nn.Module | No
     train_time, tokens_seen = 0.0, 0
     tokens_per_step = batch_size * task.tokens_per_example
     loss_curve = LossCurve(t.max_steps)
-    progress = Progress(phase, t, task.quality_metric, tracker or NoTracker())
+    # Under torchrun rank 0 alone reports progress.
+    progress = Progress(phase, replace(t, quiet=t.quiet or rank() > 0), task.quality_metric,
+                        tracker or NoTracker())
     try:
         if t.max_tokens is not None or t.max_train_flops is not None:
             step_flops = training_forward_flops(model, task, batch_size)
@@ -262,7 +300,12 @@ def train(cfg: RunConfig, task: Task, router_cfg=None, init_from: nn.Module | No
         for step in range(t.max_steps):
             started = time.perf_counter()
             batch = task.get_batch("train", batch_size, generator).to(device)
-            done = train_step(model, task, batch, step, optimizer, t, autocast)
+            if meter is not None:
+                meter.take()  # what evaluations and probes sent is not training's
+            done = train_step(model, task, batch, step, optimizer, t, autocast, cfg.moe.expert_parallel)
+            if meter is not None:
+                for key, value in meter.take().items():
+                    exchange[key] += value
             if done is None:
                 skipped += 1  # skip the update: NaN/Inf loss or gradients
                 if skipped > max_skipped:
@@ -271,11 +314,12 @@ def train(cfg: RunConfig, task: Task, router_cfg=None, init_from: nn.Module | No
                                 step, skipped, 100 * t.max_skipped_share)
                     break
                 continue
-            task_loss, layer_stats = done
-            train_flops.add(forward_flops(model, layer_stats, task.tokens_per_example, training=True))
-            moe_stats = [s for s in layer_stats if s is not None]
-            train_routing.add(moe_stats)
-            window.add(moe_stats)
+            task_loss, shard_stats = done
+            for layer_stats in shard_stats:
+                train_flops.add(forward_flops(model, layer_stats, task.tokens_per_example, training=True))
+                moe_stats = [s for s in layer_stats if s is not None]
+                train_routing.add(moe_stats)
+                window.add(moe_stats)
             train_time += time.perf_counter() - started
             tokens_seen += batch.inputs.shape[0] * task.tokens_per_example
             loss_curve.add(step + 1, task_loss, tokens_seen)
@@ -300,6 +344,11 @@ def train(cfg: RunConfig, task: Task, router_cfg=None, init_from: nn.Module | No
         log.warning("%s at step %d; evaluating what was trained so far", interrupted_by, step)
     if status != "completed":
         steps_done = step
+    if meter is not None:  # each process trained on its own shard: add them up
+        train_routing.sum_over_ranks()
+        train_flops, *others = gather_from_ranks(train_flops)
+        for other in others:
+            train_flops.merge(other)
 
     with held_signals() as held:
         final, seconds = timed_evaluate(model, task, cfg, batch_size)
@@ -311,6 +360,17 @@ def train(cfg: RunConfig, task: Task, router_cfg=None, init_from: nn.Module | No
             other = evaluate(model, task, split, cfg, batch_size)
             metrics.update({f"{split}_loss": other["loss"], f"{split}_accuracy": other["accuracy"],
                             f"{split}_quality": other["quality"]})
+        if meter is not None:  # the whole model's parameters, and every process's exchange
+            steps = max(steps_done, 1)
+            metrics["total_params"] = total_params(model)
+            metrics["expert_parallel"] = {
+                "world_size": dist.get_world_size(), "backend": dist.get_backend(),
+                "per_rank": gather_from_ranks({
+                    "a2a_bytes_sent_per_step": exchange["a2a_bytes_sent"] / steps,
+                    "a2a_s_per_step": exchange["a2a_seconds"] / steps,
+                    "a2a_share_of_train_time": exchange["a2a_seconds"] / train_time if train_time else 0.0,
+                    "train_time_s": train_time}),
+            }
         metrics.update({
             "train_drop_rate": train_routing.summary().get("drop_rate", 0.0),
             **train_flops.summary(),

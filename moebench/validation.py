@@ -56,6 +56,7 @@ def validate(cfg: RunConfig, runs_here: bool = True) -> None:
     if block_size is not None:
         _validate_block_size(cfg, block_size, task_cls.causal)
         _validate_slots_for_position_groups(cfg, block_size)
+    _validate_expert_parallel(cfg, block_size or 1)
 
 
 def _validate_moe(cfg: RunConfig, router_cls: type, task_cls: type) -> None:
@@ -89,6 +90,16 @@ def _validate_slots_for_position_groups(cfg: RunConfig, block_size: int) -> None
         raise ConfigError("router.group_size", None,
                           f"the tokens of a position group under moe.routing_groups=position, here "
                           f"{B} (trainer.batch_tokens / block size), or set router.slots_per_expert")
+
+
+def _validate_expert_parallel(cfg: RunConfig, tokens_per_example: int) -> None:
+    """Expert parallelism shards the experts and the examples of a step evenly."""
+    P, E = cfg.moe.expert_parallel, cfg.moe.num_experts
+    _check(P >= 1 and E % P == 0, "moe.expert_parallel", P, f"a divisor of moe.num_experts={E}")
+    examples = cfg.trainer.batch_tokens // tokens_per_example
+    _check(examples % P == 0, "moe.expert_parallel", P,
+           f"a divisor of the {examples} examples a step (trainer.batch_tokens / block size)")
+    _check(cfg.moe.comm_ranks >= 1, "moe.comm_ranks", cfg.moe.comm_ranks, "an integer >= 1")
 
 
 def _validate_model(m: ModelConfig) -> None:

@@ -177,7 +177,7 @@ def hydra_app(cfg: DictConfig) -> None:
     except RecordNotSaved as e:
         print(f"moebench: error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
-    if stopped_by := interrupted_by(path):
+    if path is not None and (stopped_by := interrupted_by(path)):
         exit_stopped(stopped_by)
 
 

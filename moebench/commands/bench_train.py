@@ -102,7 +102,7 @@ class Setup:
         self.steps += 1
         if timed:
             self.seconds.append(elapsed)
-            self.flops.add(forward_flops(self.model, done[1], task.tokens_per_example, training=True))
+            self.flops.add(forward_flops(self.model, done[1][0], task.tokens_per_example, training=True))
 
 
 def configure(task: str, router: str, grouping: str,

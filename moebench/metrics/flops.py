@@ -128,6 +128,11 @@ class TrainFlops:
         add_into(self.total, breakdown)
         self.steps += 1
 
+    def merge(self, other: TrainFlops) -> None:
+        """Another process's steps (expert parallelism: each ran its own shard)."""
+        add_into(self.total, other.total)
+        self.steps += other.steps
+
     def summary(self) -> dict:
         """``train_flops_per_token`` and ``train_flops_breakdown``; None before any step."""
         if not self.steps:

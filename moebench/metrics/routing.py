@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from moebench.distributed import gather_from_ranks
 from moebench.metrics.balance import balance_metrics, usage_metrics
+from moebench.metrics.communication import exchange_metrics
 from moebench.metrics.specialization import cross_counts, fixed_map_agreement, normalized_mutual_info
 from moebench.moe.block import LayerStats
 from moebench.routers.base import RouterContext, routing_entropy
@@ -27,18 +29,37 @@ class _LayerTotals:
     entropy_sum: float = 0.0
     entropy_batches: int = 0
     top_expert: list[Tensor] = field(default_factory=list)
+    comm: dict[str, float] = field(default_factory=dict)  # summed over batches
+    comm_batches: int = 0
     diagnostics: dict[str, Tensor] = field(default_factory=dict)  # the latest values
+
+    def add(self, other: _LayerTotals) -> None:
+        """Another process's totals of this layer (training's: no tokens kept)."""
+        self.routed_E += other.routed_E
+        self.hist += other.hist
+        self.dropped += other.dropped
+        self.entropy_sum += other.entropy_sum
+        self.entropy_batches += other.entropy_batches
+        if other.dropped_L is not None:
+            self.dropped_L += other.dropped_L
+            self.routed_L += other.routed_L
+        for key, value in other.comm.items():
+            self.comm[key] = self.comm.get(key, 0.0) + value
+        self.comm_batches += other.comm_batches
 
 
 class RoutingAccumulator:
     """Sums what each MoE layer did over many batches.
 
     With ``keep_tokens`` the per-token top experts are kept (on the CPU) for
-    the specialization metrics; evaluation does this, training does not.
+    the specialization metrics; evaluation does this, training does not. With
+    ``comm_ranks`` the communication metrics simulate that many processes
+    (``moe.comm_ranks``), averaged over batches; evaluation computes them,
+    training does not (they read a few numbers back from the device per layer).
     """
 
-    def __init__(self, keep_tokens: bool = False) -> None:
-        self.keep_tokens = keep_tokens
+    def __init__(self, keep_tokens: bool = False, comm_ranks: int | None = None) -> None:
+        self.keep_tokens, self.comm_ranks = keep_tokens, comm_ranks
         self.layers: list[_LayerTotals] = []
         self.token_ids: list[Tensor] = []
         self.cluster_ids: list[Tensor] = []
@@ -60,6 +81,13 @@ class RoutingAccumulator:
                 self._add_by_position(totals, s, ctx.batch_shape)
             if self.keep_tokens:
                 totals.top_expert.append(s.top_expert_T.detach().cpu())
+            if self.comm_ranks is not None and s.row_token_R is not None:
+                comm = exchange_metrics(s.row_token_R.detach().cpu(), s.row_expert_R.detach().cpu(),
+                                        s.experts_per_token_T.numel(), s.routed_E.numel(),
+                                        self.comm_ranks, s.row_bytes)
+                for key, value in comm.items():
+                    totals.comm[key] = totals.comm.get(key, 0.0) + value
+                totals.comm_batches += 1
             totals.diagnostics.update({k: v.detach().cpu() for k, v in s.diagnostics.items()})
         if self.keep_tokens and ctx is not None and ctx.token_ids_T is not None:
             self.token_ids.append(ctx.token_ids_T.detach().reshape(-1).cpu())
@@ -75,6 +103,15 @@ class RoutingAccumulator:
         else:
             totals.dropped_L += dropped_BL.sum(0)
             totals.routed_L += routed_BL.sum(0)
+
+    def sum_over_ranks(self) -> None:
+        """Add up every process's totals, on every process (expert parallelism:
+        each routed its own shard), as one process routing every shard sums them."""
+        gathered = gather_from_ranks(self.layers)
+        self.layers = gathered[0]
+        for other in gathered[1:]:
+            for totals, theirs in zip(self.layers, other):
+                totals.add(theirs)
 
     def summary(self) -> dict:
         """Each metric averaged over MoE layers, plus the ``per_layer`` values."""
@@ -104,6 +141,7 @@ class RoutingAccumulator:
             out["load_E"] = t.routed_E.tolist()
         if t.entropy_batches:
             out["routing_entropy"] = t.entropy_sum / t.entropy_batches
+        out.update({key: total / t.comm_batches for key, total in t.comm.items()})
         if t.top_expert:
             expert_N = torch.cat(t.top_expert)
             reached_N = expert_N >= 0

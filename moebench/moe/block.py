@@ -32,8 +32,8 @@ from moebench.routers.base import Router, RouterContext, RouterOutput, SoftRouti
 class LayerStats:
     """What one MoE layer did in one forward pass (all tensors detached).
 
-    A new per-token field (``_T``) must also be put back in token order in
-    moe/grouping.py.
+    A new per-token field (``_T``), or one holding token indices, must also
+    be put back in token order in moe/grouping.py.
     """
 
     routed_E: Tensor  # assignments (or soft mass) per expert before capacity
@@ -43,6 +43,12 @@ class LayerStats:
     experts_per_token_T: Tensor  # kept assignments per token (0: reached no expert)
     top_expert_T: Tensor  # each token's highest-weight kept expert; -1 if none
     dropped_T: Tensor | None = None  # each token's assignments dropped by capacity
+    # The rows the experts processed, for the communication metrics
+    # (metrics/communication.py): the token each starts from (a Soft MoE slot:
+    # the first token of its group) and its expert; and the bytes of one row.
+    row_token_R: Tensor | None = None
+    row_expert_R: Tensor | None = None
+    row_bytes: int = 0
     logits_TE: Tensor | None = None
     aux_losses: dict[str, Tensor] = field(default_factory=dict)  # not detached
     on_token_loss: Callable[[Tensor, Tensor], dict[str, Tensor]] | None = None
@@ -87,7 +93,9 @@ class MoEBlock(nn.Module):
     def active_params(self, stats: LayerStats | None) -> float:
         """Router parameters plus the experts a token uses, on average."""
         assert stats is not None
-        per_expert = param_count(self.experts) / self.experts.num_experts
+        # Per expert held here: all of them, or this process's share under
+        # expert parallelism (moe/expert_parallel.py).
+        per_expert = param_count(self.experts) / self.experts.w_in_EDH.shape[0]
         mean_experts = float(stats.experts_per_token_T.float().mean())
         return param_count(self.router) + mean_experts * per_expert
 
@@ -124,6 +132,9 @@ class MoEBlock(nn.Module):
             experts_per_token_T=plan.experts_per_token_T,
             dropped_T=plan.dropped_T,
             top_expert_T=_top_expert(plan, T),
+            row_token_R=plan.token_idx_R,
+            row_expert_R=plan.expert_idx_R,
+            row_bytes=x_TD.shape[1] * x_TD.element_size(),
         )
 
     def _soft(self, x_TD: Tensor, routing: SoftRouting) -> tuple[Tensor, LayerStats]:
@@ -131,7 +142,7 @@ class MoEBlock(nn.Module):
         # slots X~ = D^T X go through the same expert FFNs, S per expert and
         # group, expert by expert; Y = C Y~.
         (T, D), E, S = x_TD.shape, self.experts.num_experts, routing.slots_per_expert
-        G = routing.dispatch_GLN.shape[0]
+        G, L = routing.dispatch_GLN.shape[:2]
         slots_GND = routing.dispatch_GLN.transpose(1, 2).to(x_TD.dtype) @ token_groups(x_TD, G)
         slots_RD = slots_GND.view(G, E, S, D).transpose(0, 1).reshape(E * G * S, D)
         rows_R = torch.arange(E * G * S, device=x_TD.device)
@@ -147,6 +158,9 @@ class MoEBlock(nn.Module):
             dropped=0,
             experts_per_token_T=torch.full((T,), E, device=x_TD.device),
             top_expert_T=mass_TE.argmax(-1),
+            row_token_R=L * torch.arange(G, device=x_TD.device).repeat_interleave(S).repeat(E),
+            row_expert_R=torch.arange(E, device=x_TD.device).repeat_interleave(G * S),
+            row_bytes=D * x_TD.element_size(),
         )
 
 

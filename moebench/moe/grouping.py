@@ -96,6 +96,9 @@ def route_by_position(
     def by_sequence(t_T: Tensor | None) -> Tensor | None:  # [L, B, ...] -> [B, L, ...]
         return None if t_T is None else t_T.view(L, B, *t_T.shape[1:]).transpose(0, 1).reshape(t_T.shape)
 
+    def in_token_order(index_R: Tensor | None) -> Tensor | None:  # position-major l B + b -> b L + l
+        return None if index_R is None else (index_R % B) * L + index_R // B
+
     group_ctx = replace(ctx, token_ids_T=by_position(ctx.token_ids_T), num_groups=L,
                         cluster_ids_T=by_position(ctx.cluster_ids_T), batch_shape=None)
     y_TD, stats = route(by_position(x_TD), group_ctx)
@@ -110,6 +113,7 @@ def route_by_position(
         experts_per_token_T=by_sequence(stats.experts_per_token_T),
         top_expert_T=by_sequence(stats.top_expert_T),
         dropped_T=by_sequence(stats.dropped_T),
+        row_token_R=in_token_order(stats.row_token_R),
         logits_TE=by_sequence(stats.logits_TE),
         on_token_loss=on_token_loss,
         routing_groups=L,
