@@ -34,6 +34,7 @@ from matplotlib.text import Text
 from matplotlib.ticker import FuncFormatter
 
 from moebench.reporting.paired import AGAINST_DENSE
+from moebench.reporting.ranking import COMM_RANKS
 from moebench.reporting.render import si
 from moebench.results import Results
 
@@ -126,6 +127,49 @@ def quality_vs_flops(summary: pd.DataFrame, colors: dict[str, tuple],
     _flops_axis(ax, points["flops_per_token"])
     reference_lines(ax, references)
     _legend_outside(ax)
+    return fig
+
+
+def quality_vs_rank_load(runs: pd.DataFrame, summary: pd.DataFrame,
+                         colors: dict[str, tuple]) -> Figure | None:
+    """Quality against the load of the busiest of P processes over the mean
+    (``comm_rank_load_max_over_mean``, P = ``moe.comm_ranks``), a labelled
+    point per setup at its means over the seeds that recorded it, bars from
+    the lowest to the highest of those seeds on both axes; reference rows (the oracle) as crosses. None
+    unless two setups or more recorded it (older records did not).
+
+    Imbalance rather than bytes per token: with experts placed contiguously,
+    about (P - 1) / P of a token's rows leave its process whatever the
+    router, so bytes per token follow the experts a token reaches, which
+    quality_vs_flops already shows as FLOPs; the busiest process's load
+    differs between routers of equal cost, and it sets every step's time.
+    (At P = E, the default 8 of 8, it is the busiest expert's kept rows over
+    the mean: load_max_over_mean after capacity.) No count-model lines: far
+    below the routers, they would flatten the differences this figure is for."""
+    metric = "comm_rank_load_max_over_mean"
+    if metric not in runs:
+        return None
+    per_seed = runs.sort_values("run_id").drop_duplicates(["setup", "seed"])  # one run a seed, as summarize
+    per_seed = per_seed.dropna(subset=[metric, "quality"])
+    if per_seed["setup"].nunique() < 2:
+        return None
+    points = (per_seed.groupby("setup")
+              .agg(x=(metric, "mean"), x_low=(metric, "min"), x_high=(metric, "max"),
+                   y=("quality", "mean"), y_low=("quality", "min"), y_high=("quality", "max"))
+              .reset_index().merge(summary[["setup", "reference"]], on="setup"))
+    points = points.assign(kind=np.where(points["reference"], "reference", "router"))
+    fig = _figure(9, 5)
+    ax = fig.subplots()
+    ax.errorbar(points["x"], points["y"], fmt="none", ecolor="0.6", zorder=1,
+                xerr=[points["x"] - points["x_low"], points["x_high"] - points["x"]],
+                yerr=[points["y"] - points["y_low"], points["y_high"] - points["y"]])
+    sns.scatterplot(data=points, x="x", y="y", hue="setup", palette=colors, style="kind",
+                    markers={"router": "o", "reference": "X"}, s=70, legend=False, ax=ax, zorder=2)
+    for row in points.itertuples():
+        ax.annotate(row.setup, (row.x, row.y), xytext=(5, 4), textcoords="offset points", fontsize="small")
+    ranks = ", ".join(str(int(p)) for p in sorted(per_seed[COMM_RANKS].dropna().unique()))
+    ax.set(xlabel=f"rows of the busiest process's experts / mean, P = {ranks} (1: even)",
+           ylabel=quality_label(per_seed))
     return fig
 
 
@@ -347,6 +391,10 @@ def task_figures(results: Results, summary: pd.DataFrame,
                 ("quality_vs_flops", "quality against forward FLOPs per token (mean and 95% CI over "
                  "seeds; dashed: Pareto front of the ranked routers; X: reference rows; grey lines: "
                  "count models and oracle routing)", quality_vs_flops(of(summary), colors, of(references))),
+                ("quality_vs_rank_load", "quality against the per-process load under expert "
+                 "parallelism: rows of the busiest of P = moe.comm_ranks processes (experts placed "
+                 "contiguously) over the mean (point: mean over seeds; bars: lowest to highest seed; "
+                 "X: reference rows)", quality_vs_rank_load(runs, of(summary), colors)),
                 ("quality_curves", "quality during training against training tokens (line: mean "
                  "over seeds; band: min to max over seeds; grey lines: count models and oracle routing)",
                  quality_curves(of(results.curves), runs, colors, of(references))),

@@ -3,7 +3,8 @@
     moebench-leaderboard [--results results] [--out reports]   (moebench/commands/leaderboard.py)
 
 writes ``leaderboard.md`` (per task, routers ranked by quality, mean and 95%
-CI over seeds, with drop rate, load balance, FLOPs, parameters and speed),
+CI over seeds, with drop rate, load balance, communication under expert
+parallelism, FLOPs, parameters and speed),
 ``leaderboard.csv`` (the same, unformatted), ``index.html`` (tables and
 figures on one self-contained page) and ``figures/*.svg``. At the top: the
 commits the records came from (:mod:`moebench.reporting.provenance`) and
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import html
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -43,8 +45,8 @@ from moebench.reporting.guard import GUARD_RULE, Verdict, apply_guard
 from moebench.reporting.output import write_files
 from moebench.reporting.paired import PAIRED_RULE, paired_differences, paired_table
 from moebench.reporting.provenance import provenance_line, with_commits
-from moebench.reporting.ranking import LEAK_TOLERANCE, RANK_RULE, summarize
-from moebench.reporting.references import COUNT_MODEL, reference_rows
+from moebench.reporting.ranking import COMM_METRICS, COMM_RANKS, LEAK_TOLERANCE, RANK_RULE, summarize
+from moebench.reporting.references import COUNT_MODEL, ORACLE, reference_rows
 from moebench.reporting.render import (
     exact, figure_svg, html_figure, html_page, html_table, markdown_table, mean_and_interval, si,
 )
@@ -60,17 +62,49 @@ Lead = tuple[str, "pd.DataFrame | None", list[str]]
 PairedSection = tuple[str, "str | None", pd.DataFrame, "tuple[str, str, bytes] | None"]
 PAIRED_TITLE, CROSS_TASK_TITLE = "Paired differences to dense (active)", "Which router should I use?"
 NOTES_TITLE = "How the tables are made"
+NOT_RECORDED = "—"  # a communication cell of a setup whose records predate the metrics
+COMMUNICATION_RULE = (
+    "Communication: what each router's routing would exchange if the experts were sharded over P "
+    "processes (P = moe.comm_ranks, stated under each table), placed contiguously: the batch's tokens "
+    "split evenly over the processes in order, and process p holding experts p E/P to (p+1) E/P - 1; "
+    "measured in evaluation, averaged over batches and MoE layers. A row is a kept assignment (a token "
+    "kept by two experts is two rows) or a Soft MoE slot. 'all-to-all bytes/token': bytes sent between "
+    "processes by the dispatch and the combine all-to-alls together, per token, at the model's dtype; "
+    "'remote rows': the share of rows whose expert is on another process; 'max/mean rank load': the "
+    "rows of the busiest process's experts over the mean per process (1 = even, P = all on one): that "
+    f"process finishes last and sets the step's time. {NOT_RECORDED}: the setup's records were made "
+    "before moebench measured communication; blank: nothing to exchange (the dense baselines, PEER) or "
+    "not a run (count models, oracle routing). A table none of whose runs measured communication "
+    "leaves the three columns out.")
+
+
+def _percent(value: float) -> str:
+    return "" if pd.isna(value) else f"{100 * value:.1f}%"
+
+
+def _three_digits(value: float) -> str:
+    return si(value, 3)
+
+
+# Table header -> (summary column, its format), shown after the load columns.
+COMM_COLUMNS = {"all-to-all bytes/token": ("comm_bytes_per_token", _three_digits),
+                "remote rows": ("comm_remote_share", _percent),
+                "max/mean rank load": ("comm_rank_load_max_over_mean", _three_digits)}
 
 
 def display_table(summary: pd.DataFrame) -> pd.DataFrame:
     """One task's summary and reference rows as the strings the Markdown and
     HTML tables show. Ranks: a number, ``ref`` (reference rows), ``leaky``,
-    or ``unranked`` (a table not past the count models)."""
+    or ``unranked`` (a table not past the count models). The communication
+    columns are left out where no row has them."""
     metric = summary["quality_metric"].iloc[0]
     counted = summary["router"] == COUNT_MODEL  # exact numbers: no seeds, no interval
+    # Setups whose every record predates the communication metrics (and moe.comm_ranks).
+    predates = summary["comm_ranks"].isna() & ~summary["router"].isin([COUNT_MODEL, ORACLE])
 
-    def percent(value: float) -> str:
-        return "" if pd.isna(value) else f"{100 * value:.1f}%"
+    def communication(column: str, shown: Callable[[float], str]) -> list[str]:
+        return [NOT_RECORDED if old and pd.isna(value) else shown(value)
+                for value, old in zip(summary[column], predates)]
 
     return pd.DataFrame({
         "rank": [("leaky" if leaky else "ref" if reference else "unranked" if pd.isna(r) else str(r))
@@ -79,17 +113,20 @@ def display_table(summary: pd.DataFrame) -> pd.DataFrame:
         "seeds": ["" if c else str(n) for c, n in zip(counted, summary["seeds"])],
         f"{metric} (mean ± 95% CI)": [exact(m) if c else mean_and_interval(m, ci) for m, ci, c in
                                       zip(summary["quality_mean"], summary["quality_ci95"], counted)],
-        "drop rate": summary["drop_rate"].map(percent),
-        "load CV": summary["load_cv"].map(lambda v: si(v, 3)),
-        "max/mean load": summary["load_max_over_mean"].map(lambda v: si(v, 3)),
+        "drop rate": summary["drop_rate"].map(_percent),
+        "load CV": summary["load_cv"].map(_three_digits),
+        "max/mean load": summary["load_max_over_mean"].map(_three_digits),
+        **{header: communication(column, shown) for header, (column, shown) in COMM_COLUMNS.items()
+           if summary[column].notna().any()},
         "FLOPs/token": summary["flops_per_token"].map(si),
         "active params": summary["active_params"].map(si),
-        "tokens/s": summary["train_tokens_per_s"].map(lambda v: si(v, 3)),
+        "tokens/s": summary["train_tokens_per_s"].map(_three_digits),
     })
 
 
 def task_notes(runs: pd.DataFrame) -> list[str]:
-    """What a reader of one task's table must know: direction, exclusions."""
+    """What a reader of one task's table must know: direction, exclusions,
+    and the processes its communication columns assume."""
     metric, higher_is_better = runs["quality_metric"].iloc[0], runs["higher_is_better"].iloc[0]
     notes = [f"{'Higher' if higher_is_better else 'Lower'} {metric} is better."]
     left_out = runs[runs["status"] != "completed"]
@@ -98,6 +135,24 @@ def task_notes(runs: pd.DataFrame) -> list[str]:
         listed = ", ".join(f"{r.setup} seed {r.seed}" for r in left_out.itertuples())
         notes.append("Not ranked: " + ", ".join(f"{n} {status}" for status, n in counts.items())
                      + f" run(s) ({listed}).")
+    return notes + communication_notes(runs[runs["status"] == "completed"])
+
+
+def communication_notes(runs: pd.DataFrame) -> list[str]:
+    """For one task's completed ``runs``, whose table shows communication:
+    the P it assumes, and the setups whose communication cells average fewer
+    seeds than their quality (some of their records predate the metrics)."""
+    if COMM_METRICS[0] not in runs or runs[COMM_METRICS[0]].isna().all():
+        return []  # the table leaves the columns out
+    measured = runs.dropna(subset=[COMM_METRICS[0]])
+    ranks = ", ".join(str(int(p)) for p in sorted(measured[COMM_RANKS].dropna().unique()))
+    notes = [f"Communication columns: P = {ranks} simulated processes (moe.comm_ranks)."]
+    seeds, measured_seeds = (frame.groupby("setup")["seed"].nunique() for frame in (runs, measured))
+    partial = [f"{setup} ({n} of {seeds[setup]} seeds)" for setup, n in measured_seeds.items()
+               if n < seeds[setup]]
+    if partial:
+        notes.append("Communication averaged over the seeds whose records hold it: "
+                     + ", ".join(partial) + ".")
     return notes
 
 
@@ -112,8 +167,8 @@ def general_notes(skipped: tuple[tuple[str, str], ...]) -> list[str]:
              + " Rows ranked 'leaky' are not ranked either: their measured "
              f"causal_leak exceeded {LEAK_TOLERANCE:g}, so a position saw later tokens of its "
              "sequence and the quality is not a fair language-modelling number. Other columns "
-             "are means over seeds; drop rate and load are measured in evaluation, tokens/s in "
-             "training."]
+             "are means over seeds; drop rate, load and communication are measured in evaluation, "
+             "tokens/s in training.", COMMUNICATION_RULE]
     notes += [f"Skipped {path}: {reason}." for path, reason in skipped]
     return notes
 

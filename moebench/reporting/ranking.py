@@ -30,8 +30,13 @@ RANK_RULE = ("Ranked by mean quality over seeds; a router's rank is 1 + the numb
 REFERENCE_ROUTERS = ("dense", "dense_total", "oracle")
 # A causal_leak (max logit change, evaluation mode) above float noise.
 LEAK_TOLERANCE = 1e-4
+# What the routing would cost under expert parallelism on moe.comm_ranks
+# processes (moebench/metrics/communication.py); records made before moebench
+# measured it lack these, and the config key with them.
+COMM_METRICS = ("comm_bytes_per_token", "comm_remote_share", "comm_rank_load_max_over_mean")
+COMM_RANKS = "config.moe.comm_ranks"
 # Metrics averaged over seeds beside the quality, in the order reports show them.
-SUMMARY_METRICS = ("drop_rate", "load_cv", "load_max_over_mean", "flops_per_token",
+SUMMARY_METRICS = ("drop_rate", "load_cv", "load_max_over_mean", *COMM_METRICS, "flops_per_token",
                    "active_params", "train_tokens_per_s")
 
 
@@ -47,7 +52,9 @@ def mean_ci(values: pd.Series, confidence: float = 0.95) -> tuple[float, float]:
 
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per (task, setup) of completed ``runs``: seeds, quality mean and
-    CI, the other metrics' means; ranked within each task (see module doc)."""
+    CI, the other metrics' means (each over the seeds that recorded it), and
+    ``comm_ranks``, the P of its communication metrics (missing where its
+    records predate them); ranked within each task (see module doc)."""
     # One run per seed: the same seed run twice (say, on two machines) is one
     # sample, and counting it twice would narrow the interval.
     runs = runs.sort_values("run_id").drop_duplicates(["task", "setup", "seed"])
@@ -61,13 +68,14 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
                      "higher_is_better": bool(first["higher_is_better"]), "leaky": leaky,
                      "reference": first["router"] in REFERENCE_ROUTERS or leaky, "seeds": len(group),
                      "quality_mean": mean, "quality_ci95": ci,
-                     **{m: group[m].mean() if m in group else math.nan for m in SUMMARY_METRICS}})
+                     **{m: group[m].mean() if m in group else math.nan for m in SUMMARY_METRICS},
+                     "comm_ranks": group[COMM_RANKS].max() if COMM_RANKS in group else math.nan})
     columns = ["task", "rank", "setup", "router", "variant", "reference", "leaky", "seeds", "quality_metric",
-               "higher_is_better", "quality_mean", "quality_ci95", *SUMMARY_METRICS]
+               "higher_is_better", "quality_mean", "quality_ci95", *SUMMARY_METRICS, "comm_ranks"]
     if not rows:
         return pd.DataFrame(columns=columns)
     summary = pd.concat([_rank_task(frame) for _, frame in pd.DataFrame(rows).groupby("task")])
-    return summary[columns].reset_index(drop=True)
+    return summary[columns].astype({"comm_ranks": "Int64"}).reset_index(drop=True)
 
 
 def _rank_task(frame: pd.DataFrame) -> pd.DataFrame:
