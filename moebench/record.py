@@ -34,7 +34,8 @@ RESULT_NEUTRAL_KEYS = ("results_dir", "data.root", "data.cache_dir", "trainer.lo
                        "trainer.quiet", "trainer.num_threads", "router.allow_leaky", "logger")
 # Keys added after records were made: at these defaults a config keeps the
 # identity it had before them, so completed runs are still found.
-KEYS_ADDED_LATER = {"moe.expert_parallel": 1, "moe.comm_ranks": 8}
+KEYS_ADDED_LATER = {"moe.expert_parallel": 1, "moe.comm_ranks": 8, "router.freeze": False,
+                    "moe.experts": "standard", "moe.lora_rank": 4}
 
 
 def environment(device: str) -> dict:

@@ -52,8 +52,10 @@ NOT_RECORDS = ("bench", "baselines", "quick", "experts")
 # tells the runs of a setup apart.
 IGNORED_KEYS = ("seed", *RESULT_NEUTRAL_KEYS)
 # Router options that name a variant of the router itself, shown in its name:
-# the dense baseline at the active or the total parameter count of the MoE.
+# the dense baseline at the active or the total parameter count of the MoE;
+# and any router with its gate frozen at initialization (router.freeze).
 VARIANT_KEYS = {"dense": "params"}
+FROZEN_KEY = "router.freeze"
 ID_COLUMNS = ["run_id", "task", "setup", "seed"]
 # Records nest 6 deep; far deeper ones would exhaust Python's stack when read.
 MAX_DEPTH = 32
@@ -179,11 +181,11 @@ def setup_config(record: dict) -> dict[str, object]:
 
 
 def variant(record: dict) -> str:
-    """The router's display name: ``top1``, ``dense (active)``."""
+    """The router's display name: ``top1``, ``top1 (frozen)``, ``dense (active)``."""
+    router_cfg = record["config"].get("router", {})
     key = VARIANT_KEYS.get(record["router"])
-    if key is None:
-        return record["router"]
-    return f"{record['router']} ({record['config'].get('router', {}).get(key)})"
+    name = record["router"] if key is None else f"{record['router']} ({router_cfg.get(key)})"
+    return f"{name} (frozen)" if router_cfg.get("freeze") else name
 
 
 def setup_names(records: list[dict]) -> list[str]:
@@ -204,8 +206,8 @@ def setup_names(records: list[dict]) -> list[str]:
               if router is None}
     names = []
     for r, config in zip(records, configs):
-        shown = f"router.{VARIANT_KEYS.get(r['router'])}"  # already in the variant's name
-        keys = sorted((differing[r["task"], None] | differing[r["task"], r["router"]]) - {shown})
+        shown = {f"router.{VARIANT_KEYS.get(r['router'])}", FROZEN_KEY}  # already in the variant's name
+        keys = sorted((differing[r["task"], None] | differing[r["task"], r["router"]]) - shown)
         detail = ", ".join(f"{key}={config[key]}" for key in keys
                            if key in config and _text(config[key]) != common[r["task"]][key])
         names.append(f"{variant(r)} ({detail})" if detail else variant(r))

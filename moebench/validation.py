@@ -17,6 +17,7 @@ from moebench.errors import ConfigError
 from moebench.moe.dispatch import DROP_POLICIES
 from moebench.moe.experts import ACTIVATIONS, IMPLS
 from moebench.moe.grouping import ROUTING_GROUPS, future_leak
+from moebench.moe.lora_experts import EXPERT_KINDS
 from moebench.routers import ROUTERS
 from moebench.tasks import TASKS
 from moebench.tracking import check_logger
@@ -49,6 +50,7 @@ def validate(cfg: RunConfig, runs_here: bool = True) -> None:
                cfg.transfer.pretrain_steps, "an integer >= 1")
     _check(0 <= cfg.seed <= MAX_SEED, "seed", cfg.seed, f"an integer in 0..{MAX_SEED} (2^63 - 1)")
     _validate_moe(cfg, router_cls, task_cls)
+    _validate_freeze(cfg)
     _validate_model(cfg.model)
     _validate_trainer(cfg.trainer, runs_here)
     check_logger(cfg.logger, runs_here)
@@ -69,6 +71,11 @@ def _validate_moe(cfg: RunConfig, router_cls: type, task_cls: type) -> None:
         _check(_finite(value) and value > 0, key, value, "a finite number > 0")
     _check(moe.drop_policy in DROP_POLICIES, "moe.drop_policy", moe.drop_policy, DROP_POLICIES)
     _check(moe.impl in IMPLS, "moe.impl", moe.impl, IMPLS)
+    _check(moe.experts in EXPERT_KINDS, "moe.experts", moe.experts, EXPERT_KINDS)
+    _check(moe.lora_rank >= 0, "moe.lora_rank", moe.lora_rank,
+           "an integer >= 0 (0: every expert is the shared FFN)")
+    _check(moe.experts == "standard" or moe.impl != "triton", "moe.impl", moe.impl,
+           "auto or torch with moe.experts=lora (LoRA experts run in PyTorch)")
     _check(moe.routing_groups in ROUTING_GROUPS, "moe.routing_groups", moe.routing_groups,
            ROUTING_GROUPS)
     leak = future_leak(router_cls, cfg.router, moe)
@@ -76,6 +83,16 @@ def _validate_moe(cfg: RunConfig, router_cls: type, task_cls: type) -> None:
         raise ConfigError("moe.routing_groups", moe.routing_groups,
                           f"position on the causal task {cfg.task.name}, since {leak}; or "
                           "router.allow_leaky=true to run it anyway and record the measured causal_leak")
+
+
+def _validate_freeze(cfg: RunConfig) -> None:
+    """``router.freeze`` needs parameters that learn the routing (Router.learns_routing)."""
+    if not cfg.router.freeze:
+        return
+    freezable = [name for name in ROUTERS.names() if getattr(ROUTERS.get(name).cls, "learns_routing", False)]
+    _check(cfg.router.name in freezable, "router.freeze", True,
+           f"false for router {cfg.router.name}, which learns no routing parameters; "
+           f"true for {', '.join(freezable)}")
 
 
 def _validate_slots_for_position_groups(cfg: RunConfig, block_size: int) -> None:
@@ -96,6 +113,8 @@ def _validate_expert_parallel(cfg: RunConfig, tokens_per_example: int) -> None:
     """Expert parallelism shards the experts and the examples of a step evenly."""
     P, E = cfg.moe.expert_parallel, cfg.moe.num_experts
     _check(P >= 1 and E % P == 0, "moe.expert_parallel", P, f"a divisor of moe.num_experts={E}")
+    _check(P == 1 or cfg.moe.experts == "standard", "moe.expert_parallel", P,
+           "1 with moe.experts=lora (the shared FFN is not sharded)")
     examples = cfg.trainer.batch_tokens // tokens_per_example
     _check(examples % P == 0, "moe.expert_parallel", P,
            f"a divisor of the {examples} examples a step (trainer.batch_tokens / block size)")

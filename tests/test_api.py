@@ -114,7 +114,7 @@ def test_hash_routing_maps_the_token_ids_it_is_given():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"router": "nope"}, r"^router.name='nope' is not valid; allowed: base, .*top1, top2$"),
+    ({"router": "nope"}, r"^router.name='nope' is not valid; allowed: base, .*top1, top2, top_p$"),
     ({"router": "top2", "foo": 3},
      r"^foo=3 is not valid; allowed: an option of router top2 \(k, .*second_policy.*\) or of the MoE block"),
     ({"capacity_factor": 0.0}, r"^moe.capacity_factor=0.0 is not valid; allowed: a finite number > 0$"),

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from moebench.metrics.flops import ffn_flops, param_count
+from moebench.metrics.flops import param_count
 from moebench.moe.dispatch import DispatchPlan, capacity, plan_dispatch
 from moebench.moe.experts import Experts
 from moebench.moe.grouping import route_by_position
@@ -85,19 +85,15 @@ class MoEBlock(nn.Module):
         """Router (Soft MoE's mixing included) and experts as executed (measured rows)."""
         assert stats is not None
         T = stats.experts_per_token_T.numel()
-        _, d_ff, D = self.experts.w_out_EFD.shape
         flops = dict(self.router.flops_per_token())
-        flops["experts"] = stats.expert_rows / T * ffn_flops(D, d_ff, self.experts.activation)
+        flops["experts"] = stats.expert_rows / T * self.experts.flops_per_row()
         return flops
 
     def active_params(self, stats: LayerStats | None) -> float:
         """Router parameters plus the experts a token uses, on average."""
         assert stats is not None
-        # Per expert held here: all of them, or this process's share under
-        # expert parallelism (moe/expert_parallel.py).
-        per_expert = param_count(self.experts) / self.experts.w_in_EDH.shape[0]
         mean_experts = float(stats.experts_per_token_T.float().mean())
-        return param_count(self.router) + mean_experts * per_expert
+        return param_count(self.router) + self.experts.params_per_token(mean_experts)
 
     def forward(self, x: Tensor, ctx: RouterContext) -> tuple[Tensor, LayerStats]:
         x_TD = x.reshape(-1, x.shape[-1])

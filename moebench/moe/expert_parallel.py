@@ -153,6 +153,10 @@ class ExpertParallelExperts(nn.Module):
         """All E experts of the block, as routing and dispatch see them."""
         return self.total_experts
 
+    # Costed as Experts are: the shard's weights carry the same names.
+    flops_per_row = Experts.flops_per_row
+    params_per_token = Experts.params_per_token
+
     def forward(self, x_TD: Tensor, token_idx_R: Tensor, counts_E: Tensor, weight_R: Tensor) -> Tensor:
         P, L = self.world_size, self.w_in_EDH.shape[0]
         counts_PL = counts_E.view(P, L)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from moebench.errors import ConfigError
+from moebench.metrics.flops import ffn_flops, param_count
 
 ACTIVATIONS = ("gelu", "swiglu")
 IMPLS = ("auto", "torch", "triton")
@@ -119,6 +120,17 @@ class Experts(nn.Module):
     @property
     def num_experts(self) -> int:
         return self.w_in_EDH.shape[0]
+
+    def flops_per_row(self) -> float:
+        """Forward FLOPs of one dispatched row (an assignment, or a slot) through its expert."""
+        _, d_ff, d_model = self.w_out_EFD.shape
+        return ffn_flops(d_model, d_ff, self.activation)
+
+    def params_per_token(self, mean_experts: float) -> float:
+        """Parameters of the ``mean_experts`` experts a token uses on average;
+        per expert held here: all of them, or this process's share under
+        expert parallelism (moe/expert_parallel.py)."""
+        return mean_experts * param_count(self) / self.w_in_EDH.shape[0]
 
     def forward(
         self, x_TD: Tensor, token_idx_R: Tensor, counts_E: Tensor, weight_R: Tensor

@@ -44,6 +44,10 @@ class RouterConfig:
     # Causality (see moebench/moe/block.py): whether a router that decides a
     # token's expert from other tokens may run on a causal task at all.
     allow_leaky: bool = False
+    # Fix the router's learned parameters at their random initialization
+    # (Router.learns_routing says which), so that a table shows what learning
+    # the router is worth.
+    freeze: bool = False
 
 
 @dataclass
@@ -158,6 +162,18 @@ class Router(nn.Module):
     # Whether the router scores tokens with the linear gate; routers that do
     # not (hash routing, Soft MoE) set False and hold no gate parameters.
     has_gate: bool = True
+    # Whether the router learns its routing by gradient, in parameters of its
+    # own: the gate (BASE: its expert centroids), and where a router has them
+    # noisy top-k's noise gate, RL-R's learned baseline, Soft MoE's slots Phi
+    # and scale. ``router.freeze=true`` keeps all of them at their random
+    # initialization (:meth:`build_layer`). Buffers moved without gradients
+    # keep moving (DeepSeek's balancing bias: a load controller, not a gate;
+    # RL-R's moving-average baseline), and the auxiliary losses stay: they no
+    # longer train the gate, but reach the layers below it through its input,
+    # as the task loss does through the combine weights. False for routing by
+    # a fixed rule (hash, oracle) or by state moved without gradients
+    # (k-means' centroids): nothing there for freeze to fix.
+    learns_routing: bool = True
 
     def __init__(self, cfg: RouterConfig, d_model: int, num_experts: int, data: DataStats) -> None:
         super().__init__()
@@ -179,12 +195,15 @@ class Router(nn.Module):
         every router dropless.
         """
         from moebench.moe.block import MoEBlock
-        from moebench.moe.experts import Experts
+        from moebench.moe.lora_experts import build_experts
 
         E = moe_cfg.num_experts
+        router = cls(router_cfg, model_cfg.d_model, E, data)
+        if router_cfg.freeze:  # no gradient: no optimizer update, weight decay included
+            router.requires_grad_(False)
         return MoEBlock(
-            router=cls(router_cfg, model_cfg.d_model, E, data),
-            experts=Experts(E, model_cfg.d_model, model_cfg.d_ff, model_cfg.activation, moe_cfg.impl),
+            router=router,
+            experts=build_experts(model_cfg, moe_cfg),  # after the router: the seed's init order
             k=router_cfg.k,
             capacity_factor=moe_cfg.capacity_factor,
             eval_capacity_factor=moe_cfg.eval_capacity_factor,

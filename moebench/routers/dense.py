@@ -40,6 +40,8 @@ class DenseTotalConfig(DenseConfig):
 class DenseRouter(Router):
     """Never instantiated: its layer is a plain FFN, not an MoE block."""
 
+    learns_routing = False  # no router: router.freeze has nothing to fix
+
     @classmethod
     def build_layer(cls, router_cfg: DenseConfig, model_cfg: ModelConfig, moe_cfg: MoEConfig,
                     data: DataStats) -> nn.Module:

@@ -64,6 +64,7 @@ def balanced_hash(counts_V: Tensor, num_experts: int) -> Tensor:
 @ROUTERS.register("hash", HashConfig)
 class HashRouter(Router):
     has_gate = False
+    learns_routing = False  # a fixed map: router.freeze has nothing to fix
 
     def __init__(self, cfg: HashConfig, d_model: int, num_experts: int, data: DataStats) -> None:
         super().__init__(cfg, d_model, num_experts, data)

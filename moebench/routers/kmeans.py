@@ -81,6 +81,7 @@ def ema_centroids(centroids_ED: Tensor, x_TD: Tensor, expert_T: Tensor, decay: f
 @ROUTERS.register("kmeans", KMeansConfig)
 class KMeansRouter(Router):
     has_gate = False
+    learns_routing = False  # centroids move by a moving average, not by gradients
 
     def __init__(self, cfg: KMeansConfig, d_model: int, num_experts: int, data: DataStats) -> None:
         super().__init__(cfg, d_model, num_experts, data)

@@ -24,6 +24,7 @@ class OracleConfig(RouterConfig):
 @ROUTERS.register("oracle", OracleConfig)
 class OracleRouter(Router):
     has_gate = False  # a table lookup: no parameters, so none counted in active_params
+    learns_routing = False
 
     def route(self, x_TD: Tensor, ctx: RouterContext) -> RouterOutput:
         if ctx.cluster_ids_T is None:
