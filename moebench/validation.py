@@ -91,7 +91,7 @@ def _validate_freeze(cfg: RunConfig) -> None:
         return
     freezable = [name for name in ROUTERS.names() if getattr(ROUTERS.get(name).cls, "learns_routing", False)]
     _check(cfg.router.name in freezable, "router.freeze", True,
-           f"false for router {cfg.router.name}, which learns no routing parameters; "
+           f"false for router {cfg.router.name}, which has no randomly initialized routing to keep; "
            f"true for {', '.join(freezable)}")
 
 

@@ -127,6 +127,9 @@ class MuMoEGate(nn.Module):
 
     # Read by the causality check (moe/grouping.py): a token's coefficients are its own.
     uses_other_tokens = False
+    # router.freeze keeps a gate at its random initialization; this gate starts
+    # at zero (the official code), so frozen it would mix every expert evenly.
+    learns_routing = False
 
     def __init__(self, cfg: MuMoEConfig, d_model: int) -> None:
         super().__init__()

@@ -18,8 +18,9 @@ from moebench.train import make_optimizer, step_loss
 
 FREEZABLE = [name for name in ROUTERS.names() if getattr(ROUTERS.get(name).cls, "learns_routing", False)]
 # Routing by a fixed rule (hash, oracle), by centroids moved without gradients
-# (kmeans), by product-key retrieval (peer, not a gate), or no routing at all.
-NOTHING_TO_FREEZE = ["dense", "dense_total", "hash", "kmeans", "oracle", "peer"]
+# (kmeans), by product-key retrieval (peer, not a gate), by a gate that starts at
+# zero (mumoe), or no routing at all.
+NOTHING_TO_FREEZE = ["dense", "dense_total", "hash", "kmeans", "mumoe", "oracle", "peer"]
 
 
 def parameters_of(model: torch.nn.Module, kind: type) -> dict[str, torch.Tensor]:
