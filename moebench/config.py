@@ -45,11 +45,13 @@ class MoEConfig:
     expert_parallel: int = 1
     # Processes the communication metrics simulate (metrics/communication.py).
     comm_ranks: int = 8
-    # What an expert is (moe/lora_experts.py): standard, E independent FFNs;
+    # What an expert is (moe/expert_kinds.py): standard, E independent FFNs;
     # lora, one shared FFN plus a rank-lora_rank delta per expert on each of
-    # its matrices (Zadouri et al. 2023's MoLORA), under any router.
-    experts: str = "standard"  # standard | lora
+    # its matrices (Zadouri et al. 2023's MoLORA); heterogeneous, E FFNs of
+    # the widths expert_widths (Wang et al. 2024's HMoE); under any router.
+    experts: str = "standard"  # standard | lora | heterogeneous
     lora_rank: int = 4  # MoLORA's rank (for-ai/parameter-efficient-moe, configs/molora.gin)
+    expert_widths: Optional[list[int]] = None  # one per expert, with experts=heterogeneous
 
 
 @dataclass

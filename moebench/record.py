@@ -35,7 +35,7 @@ RESULT_NEUTRAL_KEYS = ("results_dir", "data.root", "data.cache_dir", "trainer.lo
 # Keys added after records were made: at these defaults a config keeps the
 # identity it had before them, so completed runs are still found.
 KEYS_ADDED_LATER = {"moe.expert_parallel": 1, "moe.comm_ranks": 8, "router.freeze": False,
-                    "moe.experts": "standard", "moe.lora_rank": 4}
+                    "moe.experts": "standard", "moe.lora_rank": 4, "moe.expert_widths": None}
 
 
 def environment(device: str) -> dict:
@@ -74,7 +74,7 @@ def config_hash(config: dict) -> str:
     for key, default in KEYS_ADDED_LATER.items():
         parent, leaf = _parent(identity, key), key.rsplit(".", 1)[-1]
         if parent.get(leaf) == default:
-            parent.pop(leaf)
+            parent.pop(leaf, None)  # absent from an older config: a default of None matches it
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
 
 

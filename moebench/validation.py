@@ -12,12 +12,12 @@ import math
 
 import torch
 
-from moebench.config import ModelConfig, RunConfig, TrainerConfig
+from moebench.config import ModelConfig, MoEConfig, RunConfig, TrainerConfig
 from moebench.errors import ConfigError
 from moebench.moe.dispatch import DROP_POLICIES
+from moebench.moe.expert_kinds import EXPERT_KINDS
 from moebench.moe.experts import ACTIVATIONS, IMPLS
 from moebench.moe.grouping import ROUTING_GROUPS, future_leak
-from moebench.moe.lora_experts import EXPERT_KINDS
 from moebench.routers import ROUTERS
 from moebench.tasks import TASKS
 from moebench.tracking import check_logger
@@ -75,7 +75,8 @@ def _validate_moe(cfg: RunConfig, router_cls: type, task_cls: type) -> None:
     _check(moe.lora_rank >= 0, "moe.lora_rank", moe.lora_rank,
            "an integer >= 0 (0: every expert is the shared FFN)")
     _check(moe.experts == "standard" or moe.impl != "triton", "moe.impl", moe.impl,
-           "auto or torch with moe.experts=lora (LoRA experts run in PyTorch)")
+           f"auto or torch with moe.experts={moe.experts} (these experts run in PyTorch)")
+    _validate_expert_widths(moe)
     _check(moe.routing_groups in ROUTING_GROUPS, "moe.routing_groups", moe.routing_groups,
            ROUTING_GROUPS)
     leak = future_leak(router_cls, cfg.router, moe)
@@ -83,6 +84,16 @@ def _validate_moe(cfg: RunConfig, router_cls: type, task_cls: type) -> None:
         raise ConfigError("moe.routing_groups", moe.routing_groups,
                           f"position on the causal task {cfg.task.name}, since {leak}; or "
                           "router.allow_leaky=true to run it anyway and record the measured causal_leak")
+
+
+def _validate_expert_widths(moe: MoEConfig) -> None:
+    """Heterogeneous experts need one width >= 1 per expert; other kinds take none."""
+    widths, E = moe.expert_widths, moe.num_experts
+    if moe.experts != "heterogeneous":
+        _check(widths is None, "moe.expert_widths", widths, "null unless moe.experts=heterogeneous")
+        return
+    _check(widths is not None and len(widths) == E and all(w >= 1 for w in widths), "moe.expert_widths",
+           widths, f"a list of {E} (moe.num_experts) integers >= 1 with moe.experts=heterogeneous")
 
 
 def _validate_freeze(cfg: RunConfig) -> None:
@@ -114,7 +125,7 @@ def _validate_expert_parallel(cfg: RunConfig, tokens_per_example: int) -> None:
     P, E = cfg.moe.expert_parallel, cfg.moe.num_experts
     _check(P >= 1 and E % P == 0, "moe.expert_parallel", P, f"a divisor of moe.num_experts={E}")
     _check(P == 1 or cfg.moe.experts == "standard", "moe.expert_parallel", P,
-           "1 with moe.experts=lora (the shared FFN is not sharded)")
+           f"1 with moe.experts={cfg.moe.experts} (only standard experts are sharded)")
     examples = cfg.trainer.batch_tokens // tokens_per_example
     _check(examples % P == 0, "moe.expert_parallel", P,
            f"a divisor of the {examples} examples a step (trainer.batch_tokens / block size)")

@@ -70,7 +70,8 @@ def configs() -> dict[tuple[str, str, int], RunConfig]:
 def undropped(k: int) -> LayerStats:
     """One token that reached its k experts: the analytic cost, no capacity."""
     return LayerStats(routed_E=torch.zeros(1), kept_E=torch.zeros(1), expert_rows=k, dropped=0,
-                      experts_per_token_T=torch.tensor([k]), top_expert_T=torch.tensor([0]))
+                      experts_per_token_T=torch.tensor([k]), top_expert_T=torch.tensor([0]),
+                      row_expert_R=torch.arange(k))
 
 
 def ffn_layer_flops(cfg: RunConfig) -> tuple[float, float]:

@@ -43,9 +43,10 @@ class LayerStats:
     experts_per_token_T: Tensor  # kept assignments per token (0: reached no expert)
     top_expert_T: Tensor  # each token's highest-weight kept expert; -1 if none
     dropped_T: Tensor | None = None  # each token's assignments dropped by capacity
-    # The rows the experts processed, for the communication metrics
-    # (metrics/communication.py): the token each starts from (a Soft MoE slot:
-    # the first token of its group) and its expert; and the bytes of one row.
+    # The rows the experts processed, for the experts' cost (MoEBlock.flops_per_token)
+    # and the communication metrics (metrics/communication.py): the token each
+    # starts from (a Soft MoE slot: the first token of its group) and its
+    # expert; and the bytes of one row.
     row_token_R: Tensor | None = None
     row_expert_R: Tensor | None = None
     row_bytes: int = 0
@@ -82,18 +83,26 @@ class MoEBlock(nn.Module):
         self.routing_groups = routing_groups
 
     def flops_per_token(self, stats: LayerStats | None) -> dict[str, float]:
-        """Router (Soft MoE's mixing included) and experts as executed (measured rows)."""
+        """Router (Soft MoE's mixing included) and experts as executed: each
+        expert's measured rows through that expert (experts may differ in cost)."""
         assert stats is not None
         T = stats.experts_per_token_T.numel()
         flops = dict(self.router.flops_per_token())
-        flops["experts"] = stats.expert_rows / T * self.experts.flops_per_row()
+        flops["experts"] = self.experts.flops(self._rows_E(stats)) / T
         return flops
 
     def active_params(self, stats: LayerStats | None) -> float:
-        """Router parameters plus the experts a token uses, on average."""
+        """Router parameters plus the experts a token uses, on average: the mean
+        experts per token, shared among the experts as their rows are."""
         assert stats is not None
         mean_experts = float(stats.experts_per_token_T.float().mean())
-        return param_count(self.router) + self.experts.params_per_token(mean_experts)
+        rows_E = self._rows_E(stats)
+        uses_E = rows_E * (mean_experts / max(int(rows_E.sum()), 1))
+        return param_count(self.router) + self.experts.params_per_token(uses_E)
+
+    def _rows_E(self, stats: LayerStats) -> Tensor:
+        """Rows each expert processed: kept assignments, or slots."""
+        return torch.bincount(stats.row_expert_R, minlength=self.experts.num_experts)
 
     def forward(self, x: Tensor, ctx: RouterContext) -> tuple[Tensor, LayerStats]:
         x_TD = x.reshape(-1, x.shape[-1])

@@ -154,7 +154,7 @@ class ExpertParallelExperts(nn.Module):
         return self.total_experts
 
     # Costed as Experts are: the shard's weights carry the same names.
-    flops_per_row = Experts.flops_per_row
+    flops = Experts.flops
     params_per_token = Experts.params_per_token
 
     def forward(self, x_TD: Tensor, token_idx_R: Tensor, counts_E: Tensor, weight_R: Tensor) -> Tensor:

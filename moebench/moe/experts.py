@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -52,13 +53,30 @@ def expert_ffn_torch(
     expert and are ignored (dropped assignments that a sync-free dispatch,
     :func:`moebench.moe.dispatch.sort_by_expert`, leaves behind the kept ones).
     """
+    # unbind views rather than per-expert ``w[e]``: their backward is one
+    # stack, where indexing would materialise a full-size gradient per expert.
+    return grouped_ffn(x_TD, w_in_EDH.unbind(0), w_out_EFD.unbind(0), token_idx_R, counts_E,
+                       weight_R, activation)
+
+
+def grouped_ffn(
+    x_TD: Tensor,
+    w_in_DH: Sequence[Tensor],
+    w_out_FD: Sequence[Tensor],
+    token_idx_R: Tensor,
+    counts_E: Tensor,
+    weight_R: Tensor,
+    activation: str,
+) -> Tensor:
+    """:func:`expert_ffn_torch` with expert e's matrices ``w_in_DH[e]``,
+    ``w_out_FD[e]``, of any width each (moe/heterogeneous_experts.py)."""
     counts = counts_E.tolist()
     kept = sum(counts)
     token_idx_R, weight_R = token_idx_R[:kept], weight_R[:kept]
-    # split/unbind views rather than indexing and slice assignment: their
-    # backward is one cat/stack, where per-expert ``w[e]`` and ``out[a:b] =``
-    # would each materialise a full-size gradient (over 10x slower on CPU).
-    rows = zip(x_TD[token_idx_R].split(counts), w_in_EDH.unbind(0), w_out_EFD.unbind(0))
+    # split views and one cat rather than slice assignment ``out[a:b] =``,
+    # whose backward materialises a full-size gradient per expert (over 10x
+    # slower on CPU).
+    rows = zip(x_TD[token_idx_R].split(counts), w_in_DH, w_out_FD)
     out_RD = torch.cat([activate(x_e @ w_in, activation) @ w_out for x_e, w_in, w_out in rows])
     y_TD = torch.zeros_like(x_TD)
     return y_TD.index_add(0, token_idx_R, out_RD * weight_R.to(out_RD.dtype)[:, None])
@@ -121,16 +139,16 @@ class Experts(nn.Module):
     def num_experts(self) -> int:
         return self.w_in_EDH.shape[0]
 
-    def flops_per_row(self) -> float:
-        """Forward FLOPs of one dispatched row (an assignment, or a slot) through its expert."""
+    def flops(self, rows_E: Tensor) -> float:
+        """Forward FLOPs of ``rows_E[e]`` dispatched rows (assignments, or slots) through expert e."""
         _, d_ff, d_model = self.w_out_EFD.shape
-        return ffn_flops(d_model, d_ff, self.activation)
+        return float(rows_E.sum()) * ffn_flops(d_model, d_ff, self.activation)
 
-    def params_per_token(self, mean_experts: float) -> float:
-        """Parameters of the ``mean_experts`` experts a token uses on average;
-        per expert held here: all of them, or this process's share under
-        expert parallelism (moe/expert_parallel.py)."""
-        return mean_experts * param_count(self) / self.w_in_EDH.shape[0]
+    def params_per_token(self, uses_E: Tensor) -> float:
+        """Parameters of the experts a token uses, expert e ``uses_E[e]`` times
+        on average; per expert held here: all of them, or this process's share
+        under expert parallelism (moe/expert_parallel.py)."""
+        return float(uses_E.sum()) * param_count(self) / self.w_in_EDH.shape[0]
 
     def forward(
         self, x_TD: Tensor, token_idx_R: Tensor, counts_E: Tensor, weight_R: Tensor

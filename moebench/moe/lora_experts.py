@@ -36,20 +36,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from moebench.config import ModelConfig, MoEConfig
 from moebench.metrics.flops import ffn_flops, linear_flops, param_count
-from moebench.moe.experts import Experts, activate
-
-EXPERT_KINDS = ("standard", "lora")  # moe.experts
-
-
-def build_experts(model_cfg: ModelConfig, moe_cfg: MoEConfig) -> Experts | LoRAExperts:
-    """The experts of an MoE block, as ``moe.experts`` names them: E
-    independent FFNs (moe/experts.py), or LoRA experts of rank ``moe.lora_rank``."""
-    m, E = model_cfg, moe_cfg.num_experts
-    if moe_cfg.experts == "lora":
-        return LoRAExperts(E, m.d_model, m.d_ff, m.activation, moe_cfg.lora_rank)
-    return Experts(E, m.d_model, m.d_ff, m.activation, moe_cfg.impl)
+from moebench.moe.experts import activate
 
 
 def low_rank_deltas(x_RI: Tensor, counts: list[int], a_EIr: Tensor, b_ErO: Tensor) -> Tensor:
@@ -93,15 +81,15 @@ class LoRAExperts(nn.Module):
         out_RD = a_RF @ self.w_out_FD + self.scale * delta_RD
         return torch.zeros_like(x_TD).index_add(0, token_idx_R, out_RD * weight_R.to(out_RD.dtype)[:, None])
 
-    def flops_per_row(self) -> float:
-        """The shared FFN, and x A_e, (.) B_e on both matrices."""
+    def flops(self, rows_E: Tensor) -> float:
+        """Per row: the shared FFN, and x A_e, (.) B_e on both matrices."""
         (D, H), (F, _), r = self.w_in_DH.shape, self.w_out_FD.shape, self.a_in_EDr.shape[2]
         deltas = linear_flops(D, r) + linear_flops(r, H) + linear_flops(F, r) + linear_flops(r, D)
-        return ffn_flops(D, F, self.activation) + deltas
+        return float(rows_E.sum()) * (ffn_flops(D, F, self.activation) + deltas)
 
-    def params_per_token(self, mean_experts: float) -> float:
+    def params_per_token(self, uses_E: Tensor) -> float:
         """The shared FFN, counted for every token (a token that capacity
-        dropped everywhere included), plus the deltas of the ``mean_experts``
-        experts a token uses on average."""
+        dropped everywhere included), plus the deltas of the experts a token
+        uses, expert e ``uses_E[e]`` times on average."""
         base = self.w_in_DH.numel() + self.w_out_FD.numel()
-        return base + mean_experts * (param_count(self) - base) / self.num_experts
+        return base + float(uses_E.sum()) * (param_count(self) - base) / self.num_experts

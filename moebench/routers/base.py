@@ -195,7 +195,7 @@ class Router(nn.Module):
         every router dropless.
         """
         from moebench.moe.block import MoEBlock
-        from moebench.moe.lora_experts import build_experts
+        from moebench.moe.expert_kinds import build_experts
 
         E = moe_cfg.num_experts
         router = cls(router_cfg, model_cfg.d_model, E, data)

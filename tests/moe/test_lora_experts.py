@@ -13,7 +13,8 @@ from moebench.config import ModelConfig
 from moebench.metrics.flops import param_count
 from moebench.moe.block import MoEBlock
 from moebench.moe.experts import Experts, FeedForward
-from moebench.moe.lora_experts import LoRAExperts, build_experts
+from moebench.moe.expert_kinds import build_experts
+from moebench.moe.lora_experts import LoRAExperts
 from moebench.routers.base import RouterContext
 from moebench.routers.dense_softmax import DenseSoftmaxConfig, DenseSoftmaxRouter
 from moebench.routers.top1 import Top1Config, Top1Router
@@ -90,16 +91,17 @@ def test_parameters_are_the_shared_ffn_once_plus_the_deltas_of_every_expert():
             lora = LoRAExperts(E, D, F, activation, rank=r)
             assert param_count(lora) == D * H + F * D + E * r * (D + H + F + D)
             # A token reaching 2 experts uses the base once and two experts' deltas.
-            assert lora.params_per_token(2.0) == D * H + F * D + 2 * r * (D + H + F + D)
+            uses_E = torch.tensor([0.5, 0.0, 1.0, 0.5])
+            assert lora.params_per_token(uses_E) == D * H + F * D + 2 * r * (D + H + F + D)
 
 
-def test_flops_per_row_match_the_flop_counter():
+def test_flops_match_the_flop_counter():
     torch.manual_seed(0)
     lora = LoRAExperts(E, D, F, "swiglu", rank=3)
     with FlopCounterMode(display=False) as counter:
         lora(torch.randn(10, D), ROWS["token_R"], ROWS["counts_E"], torch.rand(8))
-    assert lora.flops_per_row() == 2 * (D * 2 * F + F * D) + 2 * 3 * (D + 2 * F + F + D)
-    assert counter.get_total_flops() == int(ROWS["counts_E"].sum()) * lora.flops_per_row()
+    per_row = 2 * (D * 2 * F + F * D) + 2 * 3 * (D + 2 * F + F + D)
+    assert lora.flops(ROWS["counts_E"]) == counter.get_total_flops() == 8 * per_row
 
 
 def test_gradients_reach_the_deltas_of_exactly_the_experts_that_got_rows():
