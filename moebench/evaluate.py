@@ -33,7 +33,9 @@ def batch_context(batch: Batch, step: int) -> RouterContext:
 def evaluate(model: nn.Module, task: Task, split: str, cfg: RunConfig, batch_size: int,
              batches: int | None = None) -> dict:
     """Mean loss (nats per counted token), accuracy, the task's quality, routing
-    metrics and forward cost over ``batches`` (default ``trainer.eval_batches``)."""
+    metrics and forward cost over ``batches`` (default ``trainer.eval_batches``);
+    and ``modal_experts`` (RoutingAccumulator.modal_experts), not for the
+    record: train.py compares consecutive ones (``expert_agreement``)."""
     batches = batches or cfg.trainer.eval_batches
     model.eval()
     device = next(model.parameters()).device
@@ -70,4 +72,4 @@ def _evaluate(model: nn.Module, task: Task, split: str, batch_size: int, batches
             breakdown[key] = breakdown.get(key, 0.0) + value / batches
     loss, accuracy = loss_sum / counted, correct / counted
     return {"loss": loss, "accuracy": accuracy, "quality": task.quality(loss, accuracy),
-            **routing.summary(), **costs}
+            **routing.summary(), **costs, "modal_experts": routing.modal_experts()}

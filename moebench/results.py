@@ -77,6 +77,9 @@ class Results:
     # (run, last_step, first_step, steps, train_tokens, train_loss): train_loss_curve,
     # empty for records from before it was recorded
     train_losses: pd.DataFrame
+    # (run, layer, expert, rank, token, count, lift): per_layer[i].expert_tokens,
+    # rank 0 the highest lift; empty for records from before it was recorded
+    expert_tokens: pd.DataFrame
     skipped: tuple[tuple[str, str], ...] = ()  # (path, reason) of the files left out
 
     def where(self, keep: pd.Series) -> Results:
@@ -86,7 +89,8 @@ class Results:
         pick = {name: frame[frame["run_id"].isin(ids)].reset_index(drop=True)
                 for name, frame in [("curves", self.curves), ("loads", self.loads),
                                     ("positions", self.positions), ("clusters", self.clusters),
-                                    ("train_losses", self.train_losses)]}
+                                    ("train_losses", self.train_losses),
+                                    ("expert_tokens", self.expert_tokens)]}
         return replace(self, runs=runs.reset_index(drop=True), **pick)
 
 
@@ -303,7 +307,7 @@ def load_results(root: str | Path) -> Results:
     skipped = sorted(skipped + mixed + repeated)
     records = [record for _, record in found]
     setups = setup_names(records)
-    runs, curves, loads, positions, clusters, losses = [], [], [], [], [], []
+    runs, curves, loads, positions, clusters, losses, tokens = [], [], [], [], [], [], []
     for (path, r), setup in zip(found, setups):
         ids = {"run_id": r["run_id"], "task": r["task"], "setup": setup, "seed": r["seed"]}
         m = r["metrics"]
@@ -323,6 +327,10 @@ def load_results(root: str | Path) -> Results:
             clusters += [{**ids, "layer": layer, "cluster": c, "expert": e, "count": _number(v)}
                          for c, row in enumerate(stats.get("cluster_expert", []))
                          for e, v in enumerate(row)]
+            tokens += [{**ids, "layer": layer, "expert": e, "rank": i, "token": token, "count": count,
+                        "lift": lift}
+                       for e, tops in enumerate(stats.get("expert_tokens", []))
+                       for i, (token, count, lift) in enumerate(tops)]
     return Results(
         runs=_frame(runs, [], ("router", "variant", "status", "path", "quality_metric",
                                "higher_is_better", "quality")),
@@ -331,6 +339,7 @@ def load_results(root: str | Path) -> Results:
         positions=_frame(positions, ["position"], ("drop_rate",)),
         clusters=_frame(clusters, ["layer", "cluster", "expert"], ("count",)),
         train_losses=_frame(losses, ["last_step"], ("first_step", "steps", "train_tokens", "train_loss")),
+        expert_tokens=_frame(tokens, ["layer", "expert", "rank"], ("token", "count", "lift")),
         skipped=tuple(skipped),
     )
 

@@ -25,6 +25,7 @@ from moebench.errors import ConfigError
 from moebench.evaluate import EVAL_SEED, batch_context, evaluate
 from moebench.interrupt import held_signals, signal_name
 from moebench.metrics.causality import task_causal_leak
+from moebench.metrics.expert_tokens import mean_agreement
 from moebench.metrics.flops import TrainFlops, cost_metrics, forward_flops, param_count
 from moebench.metrics.loss_curve import LossCurve
 from moebench.metrics.probe import probing
@@ -169,12 +170,19 @@ def train_flops_spent(train_flops: TrainFlops, tokens: int) -> float | None:
 
 
 def curve_point(step: int, train_loss: float | None, evaluation: dict, train_tokens: int,
-                train_flops: float | None) -> dict:
-    """One evaluation of the curves, with how much training preceded it."""
+                train_flops: float | None, previous_modal: tuple[Tensor, Tensor] | None = None) -> dict:
+    """One evaluation of the curves, with how much training preceded it; and,
+    where tokens have ids, ``expert_agreement``: the share of its tokens whose
+    id kept its modal expert since ``previous_modal``, the previous
+    evaluation's ``modal_experts`` (None at the first)."""
     keys = ("loss", "quality", "drop_rate", "load_cv", "routing_entropy", "diagnostics")
     point = {"step": step, "train_loss": train_loss, "train_tokens": train_tokens,
              "train_flops": train_flops}
     point.update({("val_loss" if k == "loss" else k): evaluation[k] for k in keys if k in evaluation})
+    if evaluation.get("modal_experts") is not None:
+        modal_LV, counts_V = evaluation["modal_experts"]
+        point["expert_agreement"] = (None if previous_modal is None
+                                     else mean_agreement(previous_modal[0], modal_LV, counts_V))
     return point
 
 
@@ -276,6 +284,7 @@ def train(cfg: RunConfig, task: Task, router_cfg=None, init_from: nn.Module | No
     batch_size = max(1, cfg.trainer.batch_tokens // task.tokens_per_example)
     t = cfg.trainer
     curves: list[dict] = []
+    previous_modal = None  # the last evaluation's modal experts, for expert_agreement
     status, interrupted_by, skipped, step, steps_done = "completed", None, 0, 0, 0
     train_routing = RoutingAccumulator()
     train_flops = TrainFlops()
@@ -337,7 +346,8 @@ def train(cfg: RunConfig, task: Task, router_cfg=None, init_from: nn.Module | No
                 evaluation, seconds = timed_evaluate(model, task, cfg, batch_size)
                 progress.evaluation(step + 1, evaluation, seconds)
                 curves.append(curve_point(step + 1, task_loss.item(), evaluation, tokens_seen,
-                                          train_flops_spent(train_flops, tokens_seen)))
+                                          train_flops_spent(train_flops, tokens_seen), previous_modal))
+                previous_modal = evaluation.pop("modal_experts")
         steps_done = t.max_steps
     except KeyboardInterrupt as stop:
         status, interrupted_by = "interrupted", signal_name(stop)
@@ -354,7 +364,8 @@ def train(cfg: RunConfig, task: Task, router_cfg=None, init_from: nn.Module | No
         final, seconds = timed_evaluate(model, task, cfg, batch_size)
         progress.evaluation(steps_done, final, seconds, final=True)
         curves.append(curve_point(steps_done, None, final, tokens_seen,
-                                  train_flops_spent(train_flops, tokens_seen)))
+                                  train_flops_spent(train_flops, tokens_seen), previous_modal))
+        del final["modal_experts"]  # not for the record
         metrics = {"val_loss": final.pop("loss"), "val_accuracy": final.pop("accuracy"), **final}
         for split in task.eval_splits[1:]:
             other = evaluate(model, task, split, cfg, batch_size)

@@ -10,6 +10,7 @@ from torch import Tensor
 from moebench.distributed import gather_from_ranks
 from moebench.metrics.balance import balance_metrics, usage_metrics
 from moebench.metrics.communication import exchange_metrics
+from moebench.metrics.expert_tokens import modal_expert, over_represented
 from moebench.metrics.specialization import cross_counts, fixed_map_agreement, normalized_mutual_info
 from moebench.moe.block import LayerStats
 from moebench.routers.base import RouterContext, routing_entropy
@@ -17,6 +18,8 @@ from moebench.routers.base import RouterContext, routing_entropy
 
 # Per-expert loads go into records up to this many experts (PEER has a million).
 MAX_EXPERTS_LISTED = 1024
+# Each expert's most over-represented tokens listed in records (expert_tokens).
+TOKENS_PER_EXPERT = 10
 
 
 @dataclass
@@ -132,6 +135,16 @@ class RoutingAccumulator:
             out["diagnostics"] = [{k: v.tolist() for k, v in t.diagnostics.items()} for t in self.layers]
         return out
 
+    def modal_experts(self) -> tuple[Tensor, Tensor] | None:
+        """Each layer's modal expert per token id (``[L, V]``, expert_tokens.modal_expert)
+        and each id's count (``[V]``), V the largest kept id + 1; None without token ids."""
+        if not self.token_ids or not self.layers:  # no token ids, or no MoE layer (dense)
+            return None
+        tokens_N = torch.cat(self.token_ids)
+        V = int(tokens_N.max()) + 1
+        modal_LV = torch.stack([modal_expert(torch.cat(t.top_expert), tokens_N, V) for t in self.layers])
+        return modal_LV, torch.bincount(tokens_N, minlength=V)
+
     def _layer_summary(self, t: _LayerTotals) -> dict[str, float]:
         routed = float(t.routed_E.sum())
         out = {"drop_rate": t.dropped / routed if routed else 0.0,
@@ -155,4 +168,9 @@ class RoutingAccumulator:
                 tokens_N = torch.cat(self.token_ids)[reached_N]
                 out["nmi_token"] = normalized_mutual_info(expert_N[reached_N], tokens_N)
                 out["fixed_map_agreement"] = fixed_map_agreement(tokens_N, expert_N[reached_N])
+                if t.routed_E.numel() <= MAX_EXPERTS_LISTED:
+                    listed = over_represented(expert_N[reached_N], tokens_N, t.routed_E.numel(),
+                                              int(tokens_N.max()) + 1, top=TOKENS_PER_EXPERT)
+                    out["expert_tokens"] = [[[token, count, round(lift, 3)] for token, count, lift in tops]
+                                            for tops in listed]
         return out

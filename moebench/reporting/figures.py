@@ -68,7 +68,7 @@ def _flops_axis(ax: Axes, flops: pd.Series) -> None:
     ax.xaxis.set_minor_formatter(FuncFormatter(lambda value, _: ""))
 
 
-def _legend_outside(ax: Axes) -> None:
+def legend_outside(ax: Axes) -> None:
     if ax.get_legend() is not None:
         sns.move_legend(ax, "upper left", bbox_to_anchor=(1.02, 1), frameon=False, fontsize="small")
 
@@ -126,7 +126,7 @@ def quality_vs_flops(summary: pd.DataFrame, colors: dict[str, tuple],
     ax.set(xlabel="forward FLOPs per token", ylabel=quality_label(points))
     _flops_axis(ax, points["flops_per_token"])
     reference_lines(ax, references)
-    _legend_outside(ax)
+    legend_outside(ax)
     return fig
 
 
@@ -192,7 +192,7 @@ def seed_spread(frame: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
             .agg(x=(x, "mean"), mean=(y, "mean"), low=(y, "min"), high=(y, "max")).reset_index())
 
 
-def _spread_figure(spread: pd.DataFrame, colors: dict[str, tuple], xlabel: str, ylabel: str,
+def spread_figure(spread: pd.DataFrame, colors: dict[str, tuple], xlabel: str, ylabel: str,
                    marker: str | None) -> tuple[Figure, Axes]:
     """One line per setup, its mean over seeds, in a band from min to max."""
     fig = _figure(9, 5)
@@ -211,9 +211,9 @@ def _quality_figure(curves: pd.DataFrame, runs: pd.DataFrame, colors: dict[str, 
     """Quality against ``x``, with the reference lines; None where no record holds both."""
     if not (_holds(curves, "quality") and _holds(curves, x)):
         return None
-    fig, ax = _spread_figure(seed_spread(curves, x, "quality"), colors, xlabel, quality_label(runs), "o")
+    fig, ax = spread_figure(seed_spread(curves, x, "quality"), colors, xlabel, quality_label(runs), "o")
     reference_lines(ax, references)
-    _legend_outside(ax)
+    legend_outside(ax)
     return fig
 
 
@@ -244,9 +244,9 @@ def train_loss_curves(losses: pd.DataFrame, colors: dict[str, tuple]) -> Figure 
     seeds; band: min to max over seeds); None for records from before it."""
     if not (_holds(losses, "train_loss") and _holds(losses, "train_tokens")):
         return None
-    fig, ax = _spread_figure(seed_spread(losses, "train_tokens", "train_loss"), colors,
+    fig, ax = spread_figure(seed_spread(losses, "train_tokens", "train_loss"), colors,
                              "training tokens", "training loss (nats per token)", None)
-    _legend_outside(ax)
+    legend_outside(ax)
     return fig
 
 
@@ -267,7 +267,7 @@ def drop_vs_capacity(runs: pd.DataFrame) -> Figure | None:
         sns.lineplot(data=swept, x=factor, y=metric, hue="variant", palette=palette(swept["variant"]),
                      errorbar="sd", marker="o", ax=ax)
         ax.set(title=title, xlabel=factor.removeprefix("config."), ylabel="drop rate")
-        _legend_outside(ax)
+        legend_outside(ax)
     return fig
 
 
@@ -280,7 +280,7 @@ def drop_by_position(positions: pd.DataFrame, colors: dict[str, tuple]) -> Figur
     sns.lineplot(data=positions, x="position", y="drop_rate", hue="setup", palette=colors,
                  errorbar="sd", ax=ax)
     ax.set(xlabel="position in the sequence", ylabel="drop rate")
-    _legend_outside(ax)
+    legend_outside(ax)
     return fig
 
 

@@ -50,6 +50,9 @@ from moebench.reporting.references import COUNT_MODEL, ORACLE, reference_rows
 from moebench.reporting.render import (
     exact, figure_svg, html_figure, html_page, html_table, markdown_table, mean_and_interval, si,
 )
+from moebench.reporting.specialization import (
+    ExpertSection, expert_sections, html_blocks, markdown_lines, stability_figures,
+)
 from moebench.results import Results, load_results
 from moebench.tasks.data import default_data
 
@@ -220,7 +223,7 @@ def paired_sections(paired: pd.DataFrame, summary: pd.DataFrame,
 
 
 def markdown(title: str, notes: list[str], sections: list[Section], top: Lead,
-             paired: list[PairedSection]) -> str:
+             paired: list[PairedSection], learned: list[ExpertSection]) -> str:
     provenance, cross_task, cross_notes = top
     lines = [f"# {title}", "", provenance, "", f"## {CROSS_TASK_TITLE}", ""]
     if cross_task is not None:
@@ -239,11 +242,13 @@ def markdown(title: str, notes: list[str], sections: list[Section], top: Lead,
         lines += [f"## {PAIRED_TITLE}", "", PAIRED_RULE, ""]
     for task, mark, table, _ in paired:
         lines += [f"### {task}", ""] + ([f"**{mark}**", ""] if mark else []) + [markdown_table(table), ""]
+    lines += markdown_lines(learned)
     return "\n".join(lines).rstrip() + "\n"
 
 
 def html_report(title: str, notes: list[str], sections: list[Section],
-                figures: list[tuple[str, str, bytes]], top: Lead, paired: list[PairedSection]) -> str:
+                figures: list[tuple[str, str, bytes]], top: Lead, paired: list[PairedSection],
+                learned: list[ExpertSection]) -> str:
     provenance, cross_task, cross_notes = top
     blocks = [f"<p>{html.escape(provenance)}</p>", f"<h2>{html.escape(CROSS_TASK_TITLE)}</h2>"]
     blocks += [] if cross_task is None else [html_table(cross_task)]
@@ -264,6 +269,7 @@ def html_report(title: str, notes: list[str], sections: list[Section],
         blocks += [] if mark is None else [f"<p><strong>{html.escape(mark)}</strong></p>"]
         blocks.append(html_table(table))
         blocks += [] if forest is None else [html_figure(forest[1], forest[2])]
+    blocks += html_blocks(learned)
     if figures:
         blocks.append("<h2>Figures</h2>")
         blocks += [html_figure(caption, svg) for _, caption, svg in figures]
@@ -277,22 +283,24 @@ def write_reports(results: Results, out: Path, title: str = TITLE,
     count-model references come from the data sets of ``data`` (default:
     :func:`default_data`)."""
     ranked = results.where(results.runs["status"] == "completed")
-    references, reference_notes = reference_rows(ranked, data or default_data())
+    data = data or default_data()
+    references, reference_notes = reference_rows(ranked, data)
     summary, verdicts = apply_guard(summarize(ranked.runs), references)
     table = with_references(summary, references, verdicts)
-    figures = [(name, caption, figure_svg(fig))
-               for name, caption, fig in task_figures(ranked, summary, references)]
+    figures = [(name, caption, figure_svg(fig)) for name, caption, fig
+               in task_figures(ranked, summary, references) + stability_figures(ranked)]
     notes = general_notes(results.skipped)
     sections = task_sections(results, table, verdicts, reference_notes)
     paired = paired_differences(ranked.runs, summary)
     cross_task = cross_task_summary(ranked.runs, summary, paired)
     forests = [(name, caption, figure_svg(fig)) for name, caption, fig in paired_figures(paired, ranked.runs)]
     top, paired_parts = lead(results.runs, cross_task), paired_sections(paired, summary, forests)
-    files = {"leaderboard.md": markdown(title, notes, sections, top, paired_parts).encode(),
+    learned = expert_sections(ranked, data)
+    files = {"leaderboard.md": markdown(title, notes, sections, top, paired_parts, learned).encode(),
              "leaderboard.csv": table.to_csv(index=False, lineterminator="\n").encode(),
              "paired.csv": paired.to_csv(index=False, lineterminator="\n").encode(),
              "cross_task.csv": cross_task.table.to_csv(index=False, lineterminator="\n").encode(),
-             "index.html": html_report(title, notes, sections, figures, top, paired_parts).encode(),
+             "index.html": html_report(title, notes, sections, figures, top, paired_parts, learned).encode(),
              **{f"figures/{name}.svg": svg for name, _, svg in figures + forests}}
     return write_files(out, files, owned="figures/*.svg")
 

@@ -49,6 +49,14 @@ class Corpus(ABC):
     def encode(self, raw: dict[str, bytes]) -> TokenArrays:
         """Token arrays from the contents of :attr:`paths`."""
 
+    @abstractmethod
+    def texts(self, raw: dict[str, bytes]) -> list[str]:
+        """Each token id's text (at its index), from the contents of :attr:`paths`."""
+
+    def vocabulary(self, data: DataConfig) -> list[str]:
+        """Each token id's text, read from the checked files (reports decode ids with it)."""
+        return self.texts({rel: checked_file(data, rel)[0].read_bytes() for rel in self.paths})
+
     def load(self, data: DataConfig) -> TokenArrays:
         """Check the files, then read the arrays from the cache or encode and cache them."""
         files = {rel: checked_file(data, rel) for rel in self.paths}
@@ -81,16 +89,23 @@ class WordCorpus(Corpus):
         index: dict[str, int] = {}
         splits = {}
         for split, rel in self.files.items():
-            # One <eos> per newline, i.e. per line of text. (The PTB char files
-            # end in "\n ": iterating lines, as pytorch/examples does, would
-            # add one more <eos> for that lone space.)
-            words = raw[rel].decode("utf-8").replace("\n", " <eos> ").split()
+            words = _words(raw[rel])
             if split == "train":
                 ids = [index.setdefault(w, len(index)) for w in words]
             else:
                 ids = [index[w] for w in words]
             splits[split] = np.array(ids, dtype=np.int32)
         return TokenArrays(splits, len(index))
+
+    def texts(self, raw: dict[str, bytes]) -> list[str]:
+        return list(dict.fromkeys(_words(raw[self.files["train"]])))  # in order of first appearance
+
+
+def _words(text: bytes) -> list[str]:
+    # One <eos> per newline, i.e. per line of text. (The PTB char files
+    # end in "\n ": iterating lines, as pytorch/examples does, would
+    # add one more <eos> for that lone space.)
+    return text.decode("utf-8").replace("\n", " <eos> ").split()
 
 
 @dataclass
@@ -116,3 +131,9 @@ class ByteCorpus(Corpus):
             stop = int(n * end)  # exact floor: Fraction, not float
             splits[split], start = ids_N[start:stop], stop
         return TokenArrays(splits, int(present_256.sum()))
+
+    def texts(self, raw: dict[str, bytes]) -> list[str]:
+        """Each byte as the latin-1 character of its value: ASCII as itself, a
+        byte of a multi-byte UTF-8 character (enwik8) as one symbol per value."""
+        present_256 = np.bincount(np.frombuffer(raw[self.file], dtype=np.uint8), minlength=256) > 0
+        return [bytes([b]).decode("latin-1") for b in np.flatnonzero(present_256)]

@@ -110,6 +110,11 @@ class LMTask(Task):
         """An adaptive input and softmax for the model, or None: a table and a full softmax."""
         return None
 
+    @classmethod
+    def vocabulary(cls, data: DataConfig) -> list[str]:
+        """Each input token id's text."""
+        return cls.corpus.vocabulary(data)
+
     def data_stats(self) -> DataStats:
         counts_V = torch.bincount(self.tokens["train"], minlength=self.vocab_size)
         return DataStats(self.vocab_size, counts_V)

@@ -66,6 +66,10 @@ class WikiText2MLM(WordLMTask):
         self.mask_id = self.vocab_size
         self.vocab_size += 1
 
+    @classmethod
+    def vocabulary(cls, data: DataConfig) -> list[str]:
+        return [*super().vocabulary(data), "[MASK]"]  # mask_id: the id after the corpus's
+
     @property
     def window(self) -> int:
         return self.cfg.block_size  # the targets are the inputs themselves

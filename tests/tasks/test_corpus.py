@@ -18,6 +18,17 @@ def test_words_get_ids_by_first_appearance_in_train_and_eos_per_line():
     assert tokens.vocab_size == 5
 
 
+def test_word_texts_are_the_words_in_id_order():
+    raw = {"w/train.txt": b" the cat\n\n the <unk> sat\n", "w/valid.txt": b" sat the\n"}
+    assert WORDS.texts(raw) == ["the", "cat", "<eos>", "<unk>", "sat"]
+
+
+def test_byte_texts_decode_the_ids_back_to_the_text():
+    text, corpus = "hello, world\n", ByteCorpus("f", {"train": Fraction(1)})
+    texts = corpus.texts({"f": text.encode()})
+    assert "".join(texts[i] for i in corpus.encode({"f": text.encode()}).splits["train"]) == text
+
+
 def test_bytes_map_to_distinct_bytes_in_byte_order():
     text = "hello, world\n"
     tokens = ByteCorpus("f", {"train": Fraction(1)}).encode({"f": text.encode()})
