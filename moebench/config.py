@@ -99,6 +99,8 @@ class TransferConfig:
 
     pretrain_task: Any = None  # a TaskConfig, composed from conf/task by Hydra
     pretrain_steps: int = 300
+    # A budget in training FLOPs (as trainer.max_train_flops); wins over pretrain_steps.
+    pretrain_train_flops: Optional[float] = None
 
 
 @dataclass

@@ -35,7 +35,8 @@ RESULT_NEUTRAL_KEYS = ("results_dir", "data.root", "data.cache_dir", "trainer.lo
 # Keys added after records were made: at these defaults a config keeps the
 # identity it had before them, so completed runs are still found.
 KEYS_ADDED_LATER = {"moe.expert_parallel": 1, "moe.comm_ranks": 8, "router.freeze": False,
-                    "moe.experts": "standard", "moe.lora_rank": 4, "moe.expert_widths": None}
+                    "moe.experts": "standard", "moe.lora_rank": 4, "moe.expert_widths": None,
+                    "transfer.pretrain_train_flops": None}
 
 
 def environment(device: str) -> dict:

@@ -45,8 +45,8 @@ from moebench.record import RESULT_NEUTRAL_KEYS
 from moebench.record_schema import READABLE_VERSIONS, ReportedRecord, error_reason, migrate
 
 # Subfolders of results/ that hold other JSON, or other experiments' records
-# (the smoke-test tier, the expert-count experiment), each read on its own.
-NOT_RECORDS = ("bench", "baselines", "quick", "experts")
+# (the smoke-test tier, the expert-count and transfer experiments), each read on its own.
+NOT_RECORDS = ("bench", "baselines", "quick", "experts", "transfer")
 # Config keys that do not change what a run measures (record.RESULT_NEUTRAL_KEYS
 # says why), each a value or a whole section: not part of a setup; the seed
 # tells the runs of a setup apart.

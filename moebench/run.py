@@ -192,8 +192,10 @@ def untrained(cfg: RunConfig) -> RunConfig:
 def pretrain(cfg: RunConfig, tracker: Tracker) -> TrainResult:
     """The pretraining phase of a transfer run, on ``transfer.pretrain_task``."""
     pre_task_cfg = cfg.transfer.pretrain_task
+    # The fine-tuning budget (trainer.max_tokens, max_train_flops) is not the pretraining's.
     pre_cfg = replace(cfg, task=pre_task_cfg,
-                      trainer=replace(cfg.trainer, max_steps=cfg.transfer.pretrain_steps))
+                      trainer=replace(cfg.trainer, max_steps=cfg.transfer.pretrain_steps, max_tokens=None,
+                                      max_train_flops=cfg.transfer.pretrain_train_flops))
     return train(pre_cfg, TASKS.get(pre_task_cfg.name).cls(pre_task_cfg, cfg.data, cfg.seed),
                  phase="pretrain", tracker=tracker)
 

@@ -48,6 +48,9 @@ def validate(cfg: RunConfig, runs_here: bool = True) -> None:
         TASKS.get(cfg.transfer.pretrain_task.name)
         _check(cfg.transfer.pretrain_steps >= 1, "transfer.pretrain_steps",
                cfg.transfer.pretrain_steps, "an integer >= 1")
+        flops = cfg.transfer.pretrain_train_flops
+        _check(flops is None or (_finite(flops) and flops > 0), "transfer.pretrain_train_flops",
+               flops, "null or a finite number > 0")
     _check(0 <= cfg.seed <= MAX_SEED, "seed", cfg.seed, f"an integer in 0..{MAX_SEED} (2^63 - 1)")
     _validate_moe(cfg, router_cls, task_cls)
     _validate_freeze(cfg)

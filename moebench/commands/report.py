@@ -13,9 +13,12 @@ baselines), ``variant`` (``dense (active)``), ``setup``, ``seed``, ``status``,
 figures, ``index.html``) for the selected runs; with ``--experts``, the
 expert-count report instead (quality against the number of experts, Clark et
 al. 2022, Figure 1: ``experts.md``, ``.csv``, ``.svg``;
-:mod:`moebench.reporting.experts`):
+:mod:`moebench.reporting.experts`); with ``--transfer``, the fine-tuning gap
+report (fine-tuned and pretraining quality per router, each with its paired
+gap to dense (active): ``transfer.md``, ``.csv``; :mod:`moebench.reporting.transfer`):
 
     moebench-report --experts --results results/experts --out reports
+    moebench-report --transfer --results results/transfer --out reports/transfer
 """
 
 from __future__ import annotations
@@ -32,11 +35,14 @@ from moebench.errors import ConfigError
 from moebench.commands.leaderboard import check_results_dir
 from moebench.reporting.leaderboard import load, write_reports
 from moebench.reporting.experts import experts_files
+from moebench.reporting.transfer import transfer_files
 from moebench.reporting.output import write_files
 from moebench.results import Results
 
 EXAMPLE = "e.g. task=synthetic router=top1,top2"
 KEYS_SHOWN = ("task", "router", "variant", "setup", "seed", "status", "run_id")
+# The reports read from their own results folder, by flag: the files they make.
+OWN_REPORTS = {"experts": experts_files, "transfer": transfer_files}
 
 
 def parse_selection(args: list[str]) -> dict[str, list[str]]:
@@ -93,17 +99,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("selection", nargs="*", help="KEY=VALUE[,VALUE...]; none: every run")
     parser.add_argument("--out", required=True, help="output folder, e.g. reports/top1-vs-top2")
     parser.add_argument("--results", default="results", help="folder of run records; default: results")
-    parser.add_argument("--experts", action="store_true", help="write the expert-count report "
-                        "(experts.md, .csv, .svg: quality against the number of experts) instead")
+    own_report = parser.add_mutually_exclusive_group()
+    own_report.add_argument("--experts", action="store_true", help="write the expert-count report "
+                            "(experts.md, .csv, .svg: quality against the number of experts) instead")
+    own_report.add_argument("--transfer", action="store_true", help="write the fine-tuning gap report "
+                            "(transfer.md, .csv: per router, quality after fine-tuning and in "
+                            "pretraining, and the paired gap to dense (active)) instead")
     args = parser.parse_args(argv)
     check_results_dir(args.results)
     try:
         selected = select(load(args.results), parse_selection(args.selection))
-        experts = experts_files(selected.runs) if args.experts else None
+        report = next((name for name in OWN_REPORTS if getattr(args, name)), None)
+        files = OWN_REPORTS[report](selected.runs) if report else None
     except ConfigError as e:
         fail(str(e))
-    if experts is not None:
-        written = write_files(Path(args.out), experts, owned="experts.*")
+    if files is not None:
+        written = write_files(Path(args.out), files, owned=f"{report}.*")
     else:
         title = f"moebench report: {' '.join(args.selection) or 'all runs'}"
         written = write_reports(selected, Path(args.out), title)
