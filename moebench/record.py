@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
 from moebench.origin import hardware, moebench_version, source_commit
 
@@ -61,6 +62,12 @@ def environment(device: str) -> dict:
         "cpu_threads": torch.get_num_threads(),
         "hardware": hardware(),
     }
+
+
+def resolved_config(cfg: object) -> dict:
+    """A RunConfig as the plain, resolved dict that a record holds and
+    :func:`config_hash` digests."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
 
 
 def config_hash(config: dict) -> str:

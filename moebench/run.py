@@ -13,7 +13,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
 from moebench.config import RunConfig
 from moebench.distributed import init_from_env, rank
@@ -22,7 +21,7 @@ from moebench.errors import ConfigError
 from moebench.interrupt import held_signals, interruption, sigterm_raises
 from moebench.origin import command, data_files, utc_now
 from moebench.record import (SCHEMA_VERSION, config_hash, environment, find_completed, new_run_id,
-                             write_record)
+                             resolved_config, write_record)
 from moebench.record_schema import RunRecord
 from moebench.routers.oracle import OracleConfig
 from moebench.tasks import TASKS, Task
@@ -61,7 +60,7 @@ def run(cfg: RunConfig) -> Path | None:
     if world_size not in (1, cfg.moe.expert_parallel):
         raise ConfigError("moe.expert_parallel", cfg.moe.expert_parallel,
                           f"{world_size}, the processes torchrun started")
-    resolved = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    resolved = resolved_config(cfg)
     digest = config_hash(resolved)
     done = find_completed(cfg.results_dir, digest)
     if done is not None:

@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from moebench.commands.app import expand_sweeps, parse_checked
 from moebench.config import RunConfig
-from moebench.record import config_hash, find_completed
+from moebench.record import config_hash, find_completed, resolved_config
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +70,6 @@ def job_run_config(config: DictConfig) -> RunConfig:
     return OmegaConf.to_object(cfg)
 
 
-def run_digest(cfg: RunConfig) -> str:
-    """The config hash that names the run's records, as run.run computes it."""
-    return config_hash(OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True))
-
-
 def newest_record(results_dir: str, digest: str) -> Path | None:
     """The latest record of the run with this config hash: record.new_run_id
     names them ``...-<digest>-<UTC time>-<random>``, so by name is by time."""
@@ -89,7 +84,7 @@ def job_outcome(cfg: RunConfig, done_before: bool, job_return: JobReturn) -> dic
     if job_return.status == JobStatus.FAILED:
         error = job_return._return_value  # the exception; reading return_value would raise it
         return {**outcome, "status": "failed", "error": f"{type(error).__name__}: {error}"}
-    path = newest_record(cfg.results_dir, run_digest(cfg))
+    path = newest_record(cfg.results_dir, config_hash(resolved_config(cfg)))
     if path is None:
         return {**outcome, "status": "no record"}
     record = json.loads(path.read_text())
@@ -155,7 +150,7 @@ class SweepProgressCallback(Callback):
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         if config.hydra.mode == RunMode.MULTIRUN:
             cfg = job_run_config(config)
-            self.done_before = find_completed(cfg.results_dir, run_digest(cfg)) is not None
+            self.done_before = find_completed(cfg.results_dir, config_hash(resolved_config(cfg))) is not None
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if config.hydra.mode != RunMode.MULTIRUN:

@@ -9,11 +9,10 @@ import importlib.util
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from omegaconf import OmegaConf
 
 from moebench.config import LoggerConfig, RunConfig, WandbLoggerConfig
 from moebench.errors import ConfigError
-from moebench.record import config_hash
+from moebench.record import config_hash, resolved_config
 from moebench.tracking.base import Tracker
 from moebench.tracking.wandb_log import WANDB_MODES
 
@@ -55,7 +54,7 @@ def open_tracker(cfg: RunConfig) -> Tracker:
     """The run's tracker, its resolved config logged. The run is named as its
     record is, ``<task>-<router>-s<seed>-<config hash>-<UTC time>``."""
     check_logger(cfg.logger)
-    config = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    config = resolved_config(cfg)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
     name = f"{cfg.task.name}-{cfg.router.name}-s{cfg.seed}-{config_hash(config)}-{stamp}"
     tracker = importlib.import_module(BACKENDS[cfg.logger.name].module).make(cfg.logger, name)
