@@ -31,11 +31,14 @@ def batch_context(batch: Batch, step: int) -> RouterContext:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, task: Task, split: str, cfg: RunConfig, batch_size: int,
-             batches: int | None = None) -> dict:
+             batches: int | None = None, per_token: bool = True) -> dict:
     """Mean loss (nats per counted token), accuracy, the task's quality, routing
     metrics and forward cost over ``batches`` (default ``trainer.eval_batches``);
     and ``modal_experts`` (RoutingAccumulator.modal_experts), not for the
-    record: train.py compares consecutive ones (``expert_agreement``)."""
+    record: train.py compares consecutive ones (``expert_agreement``).
+    ``per_token=False`` leaves out what needs each token's route kept (the
+    tokens each expert over-represents, ``modal_experts``) and the
+    communication metrics: for a split whose loss alone is recorded."""
     batches = batches or cfg.trainer.eval_batches
     model.eval()
     device = next(model.parameters()).device
@@ -44,13 +47,14 @@ def evaluate(model: nn.Module, task: Task, split: str, cfg: RunConfig, batch_siz
     # the training after a mid-run evaluation does not depend on eval_every.
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(EVAL_SEED)
-        return _evaluate(model, task, split, batch_size, batches, device, cfg.moe.comm_ranks)
+        comm_ranks = cfg.moe.comm_ranks if per_token else None
+        routing = RoutingAccumulator(keep_tokens=per_token, comm_ranks=comm_ranks)
+        return _evaluate(model, task, split, batch_size, batches, device, routing)
 
 
 def _evaluate(model: nn.Module, task: Task, split: str, batch_size: int, batches: int,
-              device: torch.device, comm_ranks: int) -> dict:
+              device: torch.device, routing: RoutingAccumulator) -> dict:
     generator = torch.Generator().manual_seed(EVAL_SEED)
-    routing = RoutingAccumulator(keep_tokens=True, comm_ranks=comm_ranks)
     loss_sum, correct, counted = 0.0, 0.0, 0.0
     costs: dict[str, float] = {}
     for _ in range(batches):

@@ -57,6 +57,8 @@ IGNORED_KEYS = ("seed", *RESULT_NEUTRAL_KEYS)
 VARIANT_KEYS = {"dense": "params"}
 FROZEN_KEY = "router.freeze"
 ID_COLUMNS = ["run_id", "task", "setup", "seed"]
+# Provenance in the runs frame (moebench/reporting/provenance.py states it).
+COMMIT_COLUMNS = ("env.git_sha", "env.git_dirty")
 # Records nest 6 deep; far deeper ones would exhaust Python's stack when read.
 MAX_DEPTH = 32
 
@@ -293,6 +295,15 @@ def _one_completed_run_per_seed(found: list[tuple[str, dict]]) -> tuple[list[tup
     return kept, skipped
 
 
+def _commit(env: dict) -> dict[str, object]:
+    """``env.git_sha`` and ``env.git_dirty``: the commit of moebench's source
+    that wrote the record and whether it had uncommitted changes; None where
+    the record holds none (or not a string, a bool)."""
+    sha, dirty = env.get("git_sha"), env.get("git_dirty")
+    return {"env.git_sha": sha if isinstance(sha, str) else None,
+            "env.git_dirty": dirty if isinstance(dirty, bool) else None}
+
+
 def _quality(metrics: dict) -> float:
     """The quality, NaN where missing (a diverged or interrupted run's)."""
     quality = metrics.get("quality")
@@ -312,7 +323,7 @@ def load_results(root: str | Path) -> Results:
         ids = {"run_id": r["run_id"], "task": r["task"], "setup": setup, "seed": r["seed"]}
         m = r["metrics"]
         runs.append({**ids, "router": r["router"], "variant": variant(r), "status": r["status"],
-                     "path": path, "quality_metric": m["quality_metric"],
+                     "path": path, **_commit(r["env"]), "quality_metric": m["quality_metric"],
                      "higher_is_better": m["higher_is_better"], **_scalars(m), "quality": _quality(m),
                      **{f"config.{k}": v for k, v in flatten(r["config"]).items()
                         if not isinstance(v, (list, dict))}})
@@ -332,7 +343,7 @@ def load_results(root: str | Path) -> Results:
                        for e, tops in enumerate(stats.get("expert_tokens", []))
                        for i, (token, count, lift) in enumerate(tops)]
     return Results(
-        runs=_frame(runs, [], ("router", "variant", "status", "path", "quality_metric",
+        runs=_frame(runs, [], ("router", "variant", "status", "path", *COMMIT_COLUMNS, "quality_metric",
                                "higher_is_better", "quality")),
         curves=_frame(curves, ["step"]),
         loads=_frame(loads, ["layer", "expert"], ("load",)),

@@ -368,7 +368,7 @@ def train(cfg: RunConfig, task: Task, router_cfg=None, init_from: nn.Module | No
         del final["modal_experts"]  # not for the record
         metrics = {"val_loss": final.pop("loss"), "val_accuracy": final.pop("accuracy"), **final}
         for split in task.eval_splits[1:]:
-            other = evaluate(model, task, split, cfg, batch_size)
+            other = evaluate(model, task, split, cfg, batch_size, per_token=False)
             metrics.update({f"{split}_loss": other["loss"], f"{split}_accuracy": other["accuracy"],
                             f"{split}_quality": other["quality"]})
         if meter is not None:  # the whole model's parameters, and every process's exchange

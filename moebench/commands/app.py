@@ -14,6 +14,7 @@ import itertools
 import pickle
 import sys
 import time
+from collections.abc import Mapping, Sequence
 
 import hydra
 from hydra import compose
@@ -85,6 +86,13 @@ def parse_checked(arguments: list[str], loader: ConfigLoader) -> list[Override]:
     return parsed
 
 
+def sweep_overrides(params: Mapping[str, object], overrides: Sequence[str],
+                    loader: ConfigLoader) -> list[Override]:
+    """An experiment's sweep (``hydra.sweeper.params``), then the command
+    line, parsed and checked: what the basic sweeper expands into runs."""
+    return parse_checked([f"{key}={value}" for key, value in params.items()] + list(overrides), loader)
+
+
 def sweep_values(override: Override) -> list[str] | None:
     """The values of a sweep (a,b / choice / range / glob); None for an
     interval, which only a sweeper plugin can sample."""
@@ -150,8 +158,7 @@ def preflight(argv: list[str]) -> None:
                                         validate_sweep_overrides=False)
             multirun = is_multirun(argv) or master.hydra.mode == RunMode.MULTIRUN
             params = (master.hydra.sweeper.get("params") or {}) if multirun else {}
-            arguments = [f"{key}={value}" for key, value in params.items()] + overrides
-            runs = expand_sweeps(parse_checked(arguments, loader))
+            runs = expand_sweeps(sweep_overrides(params, overrides, loader))
             launcher = master.hydra.launcher._target_.rsplit(".", 1)[-1]
             check_runs(runs, loader, runs_here=not multirun or launcher in LOCAL_LAUNCHERS)
     except ConfigError as e:

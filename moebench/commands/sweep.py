@@ -25,7 +25,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from moebench.commands.app import expand_sweeps, parse_checked
+from moebench.commands.app import expand_sweeps, sweep_overrides
 from moebench.config import RunConfig
 from moebench.record import config_hash, find_completed, resolved_config
 
@@ -53,10 +53,8 @@ def sweep_size(config: DictConfig) -> int | None:
     them (an experiment's ``hydra.sweeper.params``, then the command line);
     None where a sweeper samples them (an interval)."""
     params = OmegaConf.select(config, "hydra.sweeper.params") or {}
-    arguments = [f"{key}={value}" for key, value in params.items()]
-    arguments += list(config.hydra.overrides.task)
     loader = GlobalHydra.instance().hydra.config_loader
-    parsed = parse_checked(arguments, loader)
+    parsed = sweep_overrides(params, config.hydra.overrides.task, loader)
     if any(o.is_sweep_override() and not o.is_discrete_sweep() for o in parsed):
         return None
     return len(expand_sweeps(parsed))

@@ -44,7 +44,7 @@ from moebench.reporting.figures import paired_figures, task_figures
 from moebench.reporting.guard import GUARD_RULE, Verdict, apply_guard
 from moebench.reporting.output import write_files
 from moebench.reporting.paired import PAIRED_RULE, paired_differences, paired_table
-from moebench.reporting.provenance import provenance_line, with_commits
+from moebench.reporting.provenance import provenance_line
 from moebench.reporting.ranking import COMM_METRICS, COMM_RANKS, LEAK_TOLERANCE, RANK_RULE, summarize
 from moebench.reporting.references import COUNT_MODEL, ORACLE, reference_rows
 from moebench.reporting.render import (
@@ -314,7 +314,7 @@ def load(results_dir: str | Path) -> Results:
     """The records under ``results_dir``, skipped files reported on stderr;
     ConfigError when none is valid: an empty or mistyped folder must not
     replace the reports with nothing."""
-    results = with_commits(load_results(results_dir), results_dir)
+    results = load_results(results_dir)
     report_skipped(results, results_dir)
     if results.runs.empty:
         raise ConfigError("--results", str(results_dir), "a folder holding at least one valid run record")

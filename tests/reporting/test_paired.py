@@ -223,9 +223,10 @@ def test_the_page_leads_with_provenance_and_which_router(results_dir, make_recor
     assert line in page and "synthetic: paired difference in quality to dense (active)" in page
 
 
-def test_provenance_counts_every_commit_most_records_first():
+@pytest.mark.parametrize("dtype", [object, bool])  # bool: every record says (numpy's bools)
+def test_provenance_counts_every_commit_most_records_first(dtype):
     runs = pd.DataFrame({"env.git_sha": ["c" * 40, "d" * 40, "d" * 40],
-                         "env.git_dirty": pd.Series([True, True, False], dtype=object)})
+                         "env.git_dirty": pd.Series([True, True, False], dtype=dtype)})
     assert provenance_line(runs) == ("Records: 3 (commit ddddddd: 2, commit ccccccc: 1); "
                                      "2 with uncommitted changes (git_dirty).")
 
