@@ -34,7 +34,8 @@ from moebench.models.ffn import FFNFactory
 from moebench.moe.block import LayerStats, MoEBlock
 from moebench.moe.expert_parallel import ExchangeMeter, shard_experts
 from moebench.optim import LazyAdam, Optimizers
-from moebench.tasks import Task
+from moebench.routers.base import RouterConfig
+from moebench.tasks import Batch, Task
 from moebench.tracking.base import NoTracker, Tracker
 from moebench.tracking.progress import MAIN_PHASE, Progress
 
@@ -103,7 +104,7 @@ def learning_rate(step: int, cfg: TrainerConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
 
 
-def step_loss(model: nn.Module, task: Task, batch,
+def step_loss(model: nn.Module, task: Task, batch: Batch,
               step: int) -> tuple[Tensor, Tensor, dict, list[LayerStats | None]]:
     """Forward one batch: (total loss, task loss, aux losses by name, the FFN
     layers' stats, None for dense layers)."""
@@ -205,7 +206,7 @@ def grads_finite(model: nn.Module) -> bool:
     return bool(torch.isfinite(torch.stack(norms)).all()) if norms else True
 
 
-def train_step(model: nn.Module, task: Task, batch, step: int, optimizer: torch.optim.Optimizer,
+def train_step(model: nn.Module, task: Task, batch: Batch, step: int, optimizer: torch.optim.Optimizer,
                t: TrainerConfig, autocast: torch.autocast,
                expert_parallel: int = 1) -> tuple[Tensor, list[list[LayerStats | None]]] | None:
     """One training step on the global ``batch``: forward, backward, clipping,
@@ -252,7 +253,7 @@ def timed_evaluate(model: nn.Module, task: Task, cfg: RunConfig, batch_size: int
     return evaluation, time.perf_counter() - started
 
 
-def train(cfg: RunConfig, task: Task, router_cfg=None, init_from: nn.Module | None = None,
+def train(cfg: RunConfig, task: Task, router_cfg: RouterConfig | None = None, init_from: nn.Module | None = None,
           phase: str = MAIN_PHASE, tracker: Tracker | None = None) -> TrainResult:
     """Train and evaluate one model; ``router_cfg`` overrides ``cfg.router``;
     ``init_from`` starts from another model's matching weights (fine-tuning).

@@ -144,7 +144,8 @@ def sparse_moe(expert_ffn: ExpertFFN) -> Callable[[Problem], Tensor]:
     return run
 
 
-def expert_ffn_grouped_mm(x_TD, w_in_EDH, w_out_EFD, token_idx_R, counts_E, weight_R, activation):
+def expert_ffn_grouped_mm(x_TD: Tensor, w_in_EDH: Tensor, w_out_EFD: Tensor, token_idx_R: Tensor,
+                          counts_E: Tensor, weight_R: Tensor, activation: str) -> Tensor:
     """expert_ffn_torch's contract on ``torch._grouped_mm``, for dropless rows."""
     offsets_E = counts_E.cumsum(0).to(torch.int32)
     h_RH = torch._grouped_mm(x_TD[token_idx_R], w_in_EDH, offs=offsets_E)

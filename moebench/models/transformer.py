@@ -19,6 +19,7 @@ from moebench.metrics.flops import attention_flops, linear_flops
 from moebench.models import ModelOutput
 from moebench.models.ffn import FFNFactory
 from moebench.models.adaptive import AdaptiveHead, AdaptiveInput
+from moebench.moe.block import LayerStats
 from moebench.routers.base import RouterContext
 
 
@@ -46,7 +47,7 @@ class Block(nn.Module):
         self.attn, self.ffn = SelfAttention(cfg, causal), ffn
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x_BLD: Tensor, ctx: RouterContext):
+    def forward(self, x_BLD: Tensor, ctx: RouterContext) -> tuple[Tensor, LayerStats | None]:
         x_BLD = x_BLD + self.drop(self.attn(self.ln_attn(x_BLD)))
         y_BLD, stats = self.ffn(self.ln_ffn(x_BLD), ctx)
         return x_BLD + self.drop(y_BLD), stats

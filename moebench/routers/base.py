@@ -31,6 +31,8 @@ import torch
 from omegaconf import MISSING
 from torch import Tensor, nn
 
+from moebench.config import ModelConfig, MoEConfig
+
 
 @dataclass
 class RouterConfig:
@@ -185,7 +187,8 @@ class Router(nn.Module):
             nn.init.normal_(self.gate.weight, std=0.02)
 
     @classmethod
-    def build_layer(cls, router_cfg: RouterConfig, model_cfg, moe_cfg, data: DataStats) -> nn.Module:
+    def build_layer(cls, router_cfg: RouterConfig, model_cfg: ModelConfig, moe_cfg: MoEConfig,
+                    data: DataStats) -> nn.Module:
         """The FFN layer this router drives: by default a standard MoE block.
 
         Routers whose layer is not "E expert FFNs" (the dense baseline, PEER)
@@ -230,7 +233,7 @@ class Router(nn.Module):
         raise NotImplementedError
 
 
-def block_routing_groups(router_cls: type[Router], router_cfg: RouterConfig, moe_cfg) -> str:
+def block_routing_groups(router_cls: type[Router], router_cfg: RouterConfig, moe_cfg: MoEConfig) -> str:
     """``moe.routing_groups`` as the block applies it: ``auto`` becomes
     ``position_if_causal`` for a configuration whose routing would let a
     position see later ones (moe/grouping.py, :func:`needs_position_groups`), else ``all``."""
@@ -241,7 +244,7 @@ def block_routing_groups(router_cls: type[Router], router_cfg: RouterConfig, moe
     return "position_if_causal" if needs_position_groups(router_cls, router_cfg, moe_cfg) else "all"
 
 
-def is_dropless(router_cfg: RouterConfig, moe_cfg) -> bool:
+def is_dropless(router_cfg: RouterConfig, moe_cfg: MoEConfig) -> bool:
     """No capacity: ``moe.dropless``, or a router whose paper has none
     (``router.dropless``: hash, deepseek_moe)."""
     return moe_cfg.dropless or getattr(router_cfg, "dropless", False)

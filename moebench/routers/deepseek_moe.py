@@ -54,6 +54,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor, nn
 
+from moebench.config import ModelConfig, MoEConfig
 from moebench.errors import ConfigError
 from moebench.metrics.flops import ffn_flops, param_count
 from moebench.moe.block import LayerStats, MoEBlock
@@ -128,7 +129,8 @@ class DeepSeekMoERouter(Router):
         self.register_buffer("bias_E", torch.zeros(num_experts))
 
     @classmethod
-    def build_layer(cls, router_cfg: DeepSeekMoEConfig, model_cfg, moe_cfg, data: DataStats) -> nn.Module:
+    def build_layer(cls, router_cfg: DeepSeekMoEConfig, model_cfg: ModelConfig, moe_cfg: MoEConfig,
+                    data: DataStats) -> nn.Module:
         m, shared, k = router_cfg.granularity, router_cfg.num_shared, router_cfg.k
         if model_cfg.d_ff % m:
             raise ConfigError("router.granularity", m, f"a divisor of model.d_ff={model_cfg.d_ff}")

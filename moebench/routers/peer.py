@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from moebench.config import ModelConfig, MoEConfig
 from moebench.errors import ConfigError
 from moebench.metrics.flops import linear_flops
 from moebench.moe.peer import PEERLayer
@@ -111,7 +112,8 @@ class ProductKeyRouter(nn.Module):
         self.subkeys_2QP = nn.Parameter(torch.randn(2, Q, P) / math.sqrt(P))
 
     @classmethod
-    def build_layer(cls, router_cfg: PeerConfig, model_cfg, moe_cfg, data: DataStats) -> nn.Module:
+    def build_layer(cls, router_cfg: PeerConfig, model_cfg: ModelConfig, moe_cfg: MoEConfig,
+                    data: DataStats) -> nn.Module:
         return PEERLayer(cls(router_cfg, model_cfg.d_model), router_cfg.num_experts, model_cfg.d_model)
 
     def forward(self, x_TD: Tensor) -> tuple[Tensor, Tensor]:

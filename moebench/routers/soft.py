@@ -47,6 +47,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from moebench.config import ModelConfig, MoEConfig
 from moebench.errors import ConfigError
 from moebench.metrics.flops import linear_flops
 from moebench.routers import ROUTERS
@@ -116,7 +117,8 @@ class SoftRouter(Router):
         self.scale = nn.Parameter(torch.ones(()))
 
     @classmethod
-    def build_layer(cls, router_cfg: SoftConfig, model_cfg, moe_cfg, data: DataStats) -> nn.Module:
+    def build_layer(cls, router_cfg: SoftConfig, model_cfg: ModelConfig, moe_cfg: MoEConfig,
+                    data: DataStats) -> nn.Module:
         """The standard block, with groups of ``model.block_size`` tokens unless configured."""
         group_size = router_cfg.group_size or model_cfg.block_size
         return super().build_layer(replace(router_cfg, group_size=group_size), model_cfg, moe_cfg, data)
