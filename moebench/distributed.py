@@ -98,13 +98,20 @@ def local_shards(batch: Batch, shards: int) -> list[Batch]:
     return [batch_shard(batch, shard, shards) for shard in range(shards)]
 
 
-def mean_over_ranks(x: Tensor, group: dist.ProcessGroup | None = None) -> Tensor:
-    """``x`` averaged over the processes (not differentiable); ``x`` itself alone."""
+def sum_over_ranks(x: Tensor, group: dist.ProcessGroup | None = None) -> Tensor:
+    """``x`` added up over the processes (not differentiable); ``x`` itself alone."""
     if not dist.is_initialized():
         return x
     total = x.detach().clone()
     dist.all_reduce(total, group=group)
-    return total / dist.get_world_size(group)
+    return total
+
+
+def mean_over_ranks(x: Tensor, group: dist.ProcessGroup | None = None) -> Tensor:
+    """``x`` averaged over the processes (not differentiable); ``x`` itself alone."""
+    if not dist.is_initialized():
+        return x
+    return sum_over_ranks(x, group) / dist.get_world_size(group)
 
 
 def _split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:

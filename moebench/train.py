@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from moebench.config import RunConfig, TrainerConfig
 from moebench.distributed import (gather_from_ranks, grad_norm, local_shards, mean_over_ranks, rank,
-                                  sync_gradients, total_params)
+                                  sum_over_ranks, sync_gradients, total_params)
 from moebench.errors import ConfigError
 from moebench.evaluate import EVAL_SEED, batch_context, evaluate
 from moebench.interrupt import held_signals, signal_name
@@ -34,7 +34,7 @@ from moebench.models.ffn import FFNFactory
 from moebench.moe.block import LayerStats, MoEBlock
 from moebench.moe.expert_parallel import ExchangeMeter, shard_experts
 from moebench.optim import LazyAdam, Optimizers
-from moebench.routers.base import RouterConfig
+from moebench.routers.base import Router, RouterConfig
 from moebench.tasks import Batch, Task
 from moebench.tracking.base import NoTracker, Tracker
 from moebench.tracking.progress import MAIN_PHASE, Progress
@@ -231,6 +231,9 @@ def train_step(model: nn.Module, task: Task, batch: Batch, step: int, optimizer:
         (loss / len(shards)).backward()
         losses.append(torch.stack([loss.detach(), task_loss.detach()]))
         shard_stats.append(layer_stats)
+    for module in model.modules():  # router state moves once per step, from every shard
+        if isinstance(module, Router):
+            module.finish_step(sum_over_ranks)
     loss, task_loss = mean_over_ranks(torch.stack(losses).mean(0))
     if dist.is_initialized():
         sync_gradients(model)

@@ -19,6 +19,7 @@ from moebench.moe.expert_kinds import EXPERT_KINDS
 from moebench.moe.experts import ACTIVATIONS, IMPLS
 from moebench.moe.grouping import ROUTING_GROUPS, future_leak
 from moebench.routers import ROUTERS
+from moebench.routers.base import Router
 from moebench.tasks import TASKS
 from moebench.tracking import check_logger
 
@@ -125,8 +126,11 @@ def _validate_slots_for_position_groups(cfg: RunConfig, block_size: int) -> None
 
 def _validate_expert_parallel(cfg: RunConfig, tokens_per_example: int) -> None:
     """Expert parallelism shards the experts and the examples of a step evenly."""
-    P, E = cfg.moe.expert_parallel, cfg.moe.num_experts
-    _check(P >= 1 and E % P == 0, "moe.expert_parallel", P, f"a divisor of moe.num_experts={E}")
+    P, router_cls = cfg.moe.expert_parallel, ROUTERS.get(cfg.router.name).cls
+    _check(P >= 1, "moe.expert_parallel", P, "an integer >= 1")
+    if issubclass(router_cls, Router):  # PEER's and muMoE's layers have no experts to shard (train.py says so)
+        E, set_by = router_cls.sharded_experts(cfg.router, cfg.moe)
+        _check(E % P == 0, "moe.expert_parallel", P, f"a divisor of {set_by}")
     _check(P == 1 or cfg.moe.experts == "standard", "moe.expert_parallel", P,
            f"1 with moe.experts={cfg.moe.experts} (only standard experts are sharded)")
     examples = cfg.trainer.batch_tokens // tokens_per_example

@@ -40,6 +40,21 @@ def test_values_a_run_cannot_use_are_refused(capsys, override, allowed):
     assert override.split("=")[0] in line and allowed in line
 
 
+@pytest.mark.parametrize("argv, allowed", [
+    (["moe.expert_parallel=3"], "a divisor of moe.num_experts=8"),
+    (["moe.expert_parallel=0"], "an integer >= 1"),
+    # DeepSeekMoE shards its routed experts: 4 x 8 - 1 = 31, which 2 does not divide.
+    (["router=deepseek_moe", "moe.expert_parallel=2"], "a divisor of the 31 routed experts"),
+])
+def test_expert_parallelism_must_divide_the_experts_it_shards(capsys, argv, allowed):
+    line = preflight_error(capsys, *argv)
+    assert "moe.expert_parallel" in line and allowed in line
+
+
+def test_deepseek_moe_shards_evenly_without_a_shared_expert():
+    app.preflight(["router=deepseek_moe", "router.num_shared=0", "moe.expert_parallel=2"])
+
+
 def test_a_sequence_longer_than_a_step_is_refused(capsys):
     # Was a 5-minute hang in one attention call over 600k positions that
     # ignored Ctrl-C, then a traceback: the validation split is shorter.

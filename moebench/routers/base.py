@@ -215,6 +215,23 @@ class Router(nn.Module):
             routing_groups=block_routing_groups(cls, router_cfg, moe_cfg),
         )
 
+    @classmethod
+    def sharded_experts(cls, router_cfg: RouterConfig, moe_cfg: MoEConfig) -> tuple[int, str]:
+        """The experts of a layer that expert parallelism shards, and the
+        config that sets their number (for the message when P does not divide it)."""
+        return moe_cfg.num_experts, f"moe.num_experts={moe_cfg.num_experts}"
+
+    def finish_step(self, sum_over_ranks: Callable[[Tensor], Tensor]) -> None:
+        """Move the router's state (buffers moved by the routing, not by
+        gradients: DeepSeek's balancing bias, k-means' centroids, RL-R's
+        moving-average baseline) once per training step, by what this step's
+        training forwards gathered; train.py calls it after the step's last
+        backward. ``sum_over_ranks`` adds a statistic up over the processes of
+        expert parallelism (itself on one process), so every process moves its
+        replica of the state alike, by the whole global batch, as one process
+        moves it over the step's micro-batches. Routers without such state
+        have nothing to do."""
+
     def flops_per_token(self) -> dict[str, float]:
         """Forward FLOPs of the routing decision per token: the gate's matmul."""
         d_model = self.gate.in_features

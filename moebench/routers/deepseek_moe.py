@@ -49,6 +49,7 @@ itself alone. ``router.dropless=false`` applies the ``moe`` capacity.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
@@ -125,8 +126,10 @@ class DeepSeekMoERouter(Router):
 
     def __init__(self, cfg: DeepSeekMoEConfig, d_model: int, num_experts: int, data: DataStats) -> None:
         super().__init__(cfg, d_model, num_experts, data)
-        # State, like BatchNorm's running statistics: moved by the layer, not by gradients.
+        # State, like BatchNorm's running statistics: moved by the layer, not by
+        # gradients; and this step's load before capacity, summed over its forwards.
         self.register_buffer("bias_E", torch.zeros(num_experts))
+        self.register_buffer("step_load_E", torch.zeros(num_experts), persistent=False)
 
     @classmethod
     def build_layer(cls, router_cfg: DeepSeekMoEConfig, model_cfg: ModelConfig, moe_cfg: MoEConfig,
@@ -148,6 +151,13 @@ class DeepSeekMoERouter(Router):
         shared_ffn = FeedForward(model_cfg.d_model, shared * d_expert, model_cfg.activation)
         return DeepSeekMoELayer(routed, shared_ffn if shared else None)
 
+    @classmethod
+    def sharded_experts(cls, router_cfg: DeepSeekMoEConfig, moe_cfg: MoEConfig) -> tuple[int, str]:
+        """The routed experts; the shared ones are replicated, as every other FFN."""
+        routed = router_cfg.granularity * moe_cfg.num_experts - router_cfg.num_shared
+        return routed, (f"the {routed} routed experts (router.granularity={router_cfg.granularity} x "
+                        f"moe.num_experts={moe_cfg.num_experts} - router.num_shared={router_cfg.num_shared})")
+
     def route(self, x_TD: Tensor, ctx: RouterContext) -> RouterOutput:
         logits_TE = self.gate_logits(x_TD)
         sigmoid = self.cfg.score_fn == "sigmoid"
@@ -161,8 +171,11 @@ class DeepSeekMoERouter(Router):
         return RouterOutput(sparse_from_topk(scores_TE, weight_TK, expert_TK), logits_TE, aux)
 
     @torch.no_grad()
-    def update_bias(self, load_E: Tensor) -> None:
+    def finish_step(self, sum_over_ranks: Callable[[Tensor], Tensor]) -> None:
+        """V3's update at the end of each step, from the whole batch's load."""
+        load_E = sum_over_ranks(self.step_load_E)
         self.bias_E.copy_(loss_free_bias_update(self.bias_E, load_E, self.cfg.bias_rate))
+        self.step_load_E.zero_()
 
 
 class DeepSeekMoELayer(nn.Module):
@@ -175,8 +188,8 @@ class DeepSeekMoELayer(nn.Module):
     def forward(self, x: Tensor, ctx: RouterContext) -> tuple[Tensor, LayerStats]:
         y, stats = self.routed(x, ctx)
         router: DeepSeekMoERouter = self.routed.router
-        if self.training:  # once per step, from the load of the whole batch before capacity
-            router.update_bias(stats.routed_E)
+        if self.training:  # the bias moves once per step (router.finish_step)
+            router.step_load_E += stats.routed_E
         stats.diagnostics["balance_bias"] = router.bias_E.clone()
         if self.shared is not None:
             y = y + self.shared(x)

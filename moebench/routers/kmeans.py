@@ -20,8 +20,13 @@ load (``load_cv``), not as dropped tokens; ``eval_dropless: false`` applies
 
 Centroids start at E tokens of the first training batch, k-means' usual
 initialization from the data (Forgy 1965), so none starts far from all tokens.
+They move once per training step, by the means of the step's tokens (all of
+its micro-batches, and under expert parallelism every process's shard:
+:meth:`~moebench.routers.base.Router.finish_step`); under expert parallelism
+every process starts from rank 0's picks, drawn from the first shard as one
+process draws them from the first micro-batch.
 
-``balanced``: a per-centroid bias on the similarities, moved after each batch
+``balanced``: a per-centroid bias on the similarities, moved after each step
 by DeepSeek-V3's loss-free rule (b_e += gamma sign(mean load - load_e),
 :func:`~moebench.routers.deepseek_moe.loss_free_bias_update`). It uses past
 loads only, so a token's expert never depends on the other tokens of its
@@ -31,9 +36,11 @@ causal tasks; see moe/grouping.py).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -68,11 +75,10 @@ def nearest_centroid(x_TD: Tensor, centroids_ED: Tensor, bias_E: Tensor) -> Tens
     return (float32_gate(F.normalize(x_TD.float(), dim=-1), centroids_ED) + bias_E).argmax(-1)
 
 
-def ema_centroids(centroids_ED: Tensor, x_TD: Tensor, expert_T: Tensor, decay: float) -> Tensor:
-    """Each centroid moved toward the mean of its unit tokens, renormalized;
-    centroids that got no token stay where they are."""
-    counts_E = torch.bincount(expert_T, minlength=centroids_ED.shape[0])
-    sums_ED = torch.zeros_like(centroids_ED).index_add_(0, expert_T, F.normalize(x_TD, dim=-1))
+def ema_centroids(centroids_ED: Tensor, sums_ED: Tensor, counts_E: Tensor, decay: float) -> Tensor:
+    """Each centroid moved toward the mean of its unit tokens (their sum
+    ``sums_ED`` over their number ``counts_E``), renormalized; centroids that
+    got no token stay where they are."""
     mean_ED = sums_ED / counts_E.clamp_min(1)[:, None]
     moved_ED = F.normalize(decay * centroids_ED + (1 - decay) * mean_ED, dim=-1)
     return torch.where(counts_E[:, None] > 0, moved_ED, centroids_ED)
@@ -89,6 +95,9 @@ class KMeansRouter(Router):
         self.register_buffer("centroids_ED", F.normalize(torch.randn(num_experts, d_model), dim=-1))
         self.register_buffer("bias_E", torch.zeros(num_experts))
         self.register_buffer("initialized", torch.tensor(False))
+        # This step's unit tokens summed per nearest centroid, and their number.
+        self.register_buffer("step_sums_ED", torch.zeros(num_experts, d_model), persistent=False)
+        self.register_buffer("step_counts_E", torch.zeros(num_experts), persistent=False)
 
     def route(self, x_TD: Tensor, ctx: RouterContext) -> RouterOutput:
         x_TD = x_TD.detach().float()  # no gradient through the choice
@@ -97,7 +106,8 @@ class KMeansRouter(Router):
         expert_T = nearest_centroid(x_TD, self.centroids_ED, self.bias_E)
         routing = one_expert_each(expert_T)
         if self.training:
-            self._ema_step(x_TD, expert_T)
+            self.step_sums_ED.index_add_(0, expert_T, F.normalize(x_TD, dim=-1))
+            self.step_counts_E += torch.bincount(expert_T, minlength=self.num_experts)
         else:
             routing.respects_capacity = self.cfg.eval_dropless
         return RouterOutput(routing, logits_TE=None)
@@ -106,15 +116,19 @@ class KMeansRouter(Router):
     def _forgy_init(self, x_TD: Tensor) -> None:
         pick = torch.randperm(x_TD.shape[0], device=x_TD.device)[: self.num_experts]
         self.centroids_ED[: pick.numel()] = F.normalize(x_TD[pick], dim=-1)
+        if dist.is_initialized():  # expert parallelism: one set of centroids, rank 0's
+            dist.broadcast(self.centroids_ED, src=0)
         self.initialized.fill_(True)
 
     @torch.no_grad()
-    def _ema_step(self, x_TD: Tensor, expert_T: Tensor) -> None:
-        """Centroids toward their tokens, and the balancing bias from this batch's load."""
-        self.centroids_ED.copy_(ema_centroids(self.centroids_ED, x_TD, expert_T, self.cfg.ema_decay))
+    def finish_step(self, sum_over_ranks: Callable[[Tensor], Tensor]) -> None:
+        """Centroids toward the step's tokens, and the balancing bias from its load."""
+        sums_ED, counts_E = sum_over_ranks(self.step_sums_ED), sum_over_ranks(self.step_counts_E)
+        self.centroids_ED.copy_(ema_centroids(self.centroids_ED, sums_ED, counts_E, self.cfg.ema_decay))
         if self.cfg.balanced:
-            load_E = torch.bincount(expert_T, minlength=self.num_experts)
-            self.bias_E.copy_(loss_free_bias_update(self.bias_E, load_E, self.cfg.bias_rate))
+            self.bias_E.copy_(loss_free_bias_update(self.bias_E, counts_E, self.cfg.bias_rate))
+        self.step_sums_ED.zero_()
+        self.step_counts_E.zero_()
 
     def flops_per_token(self) -> dict[str, float]:
         """The E cosine similarities."""

@@ -19,8 +19,10 @@ so their choices take no policy gradient and do not move the baseline.
 Baselines:
 
     moving_average  b = a running mean of past steps' mean reward, moved once
-                    per training step (``ctx.step``), however often the
-                    hook is called in a step. Buffers that the hook updates without
+                    per training step (Router.finish_step) by the mean
+                    of all of the step's rewards, however often the hook
+                    is called in a step (micro-batches, position groups)
+                    and on however many processes. Buffers moved without
                     gradient: module state the optimizer does not own, on
                     purpose.
     learned         b_t = w . x_t + c, a linear head on the detached token,
@@ -39,6 +41,7 @@ negative ``entropy_coef`` (conf/router/rl.yaml).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -97,10 +100,9 @@ class RLRouter(Router):
         else:
             # The moving average of the finished steps' mean rewards (NaN before
             # the first), and the sum and count of the rewards of the step under
-            # way, ``reward_step``, folded in when the next step begins.
+            # way, folded in when it finishes.
             self.register_buffer("reward_mean", torch.tensor(float("nan")))
             self.register_buffer("step_reward", torch.zeros(2))
-            self.register_buffer("reward_step", torch.tensor(-1))
 
     def training_only_flops_per_token(self, stats: object) -> dict[str, float]:
         """The learned baseline's x w + b in training only; sampling and the
@@ -127,13 +129,11 @@ class RLRouter(Router):
         x_TD = x_TD.detach()
 
         def on_token_loss(token_losses_T: Tensor, counted_T: Tensor) -> dict[str, Tensor]:
-            return self.policy_gradient(log_pi_T[counted_T], -token_losses_T[counted_T],
-                                        x_TD[counted_T], ctx.step)
+            return self.policy_gradient(log_pi_T[counted_T], -token_losses_T[counted_T], x_TD[counted_T])
 
         return RouterOutput(routing, logits_TE, aux, on_token_loss=on_token_loss)
 
-    def policy_gradient(self, log_pi_T: Tensor, reward_T: Tensor, x_TD: Tensor,
-                        step: int) -> dict[str, Tensor]:
+    def policy_gradient(self, log_pi_T: Tensor, reward_T: Tensor, x_TD: Tensor) -> dict[str, Tensor]:
         """The REINFORCE surrogate, and the learned baseline's regression loss."""
         losses: dict[str, Tensor] = {}
         if self.cfg.baseline == "learned":
@@ -141,23 +141,27 @@ class RLRouter(Router):
                           + self.baseline_head.bias.float()).squeeze(-1)
             losses["baseline"] = mean_or_zero((baseline_T - reward_T).square())
         else:
-            baseline_T = self.moving_average_baseline(reward_T, step).expand_as(reward_T)
+            baseline_T = self.moving_average_baseline(reward_T).expand_as(reward_T)
         surrogate = reinforce_loss(log_pi_T, reward_T, baseline_T)
         losses["policy_gradient"] = self.cfg.pg_coef * surrogate
         return losses
 
     @torch.no_grad()
-    def moving_average_baseline(self, reward_T: Tensor, step: int) -> Tensor:
+    def moving_average_baseline(self, reward_T: Tensor) -> Tensor:
         """The baseline from past steps (in the first step: these rewards' mean);
-        these rewards join their step's sum, which moves the average once,
-        when a later step's rewards arrive."""
-        if step != int(self.reward_step):
-            total, count = self.step_reward
-            if count > 0:
-                step_mean = total / count
-                previous = torch.where(self.reward_mean.isnan(), step_mean, self.reward_mean)
-                self.reward_mean.copy_(torch.lerp(step_mean, previous, self.cfg.baseline_decay))
-            self.step_reward.zero_()
-            self.reward_step.fill_(step)
+        these rewards join their step's sum, which moves the average once, as
+        the step finishes (:meth:`finish_step`)."""
         self.step_reward += torch.stack([reward_T.sum(), reward_T.new_tensor(reward_T.numel())])
         return torch.where(self.reward_mean.isnan(), reward_T.mean(), self.reward_mean)
+
+    @torch.no_grad()
+    def finish_step(self, sum_over_ranks: Callable[[Tensor], Tensor]) -> None:
+        """The moving average moved by the mean reward of the whole step."""
+        if self.cfg.baseline != "moving_average":
+            return
+        total, count = sum_over_ranks(self.step_reward)
+        if count > 0:
+            step_mean = total / count
+            previous = torch.where(self.reward_mean.isnan(), step_mean, self.reward_mean)
+            self.reward_mean.copy_(torch.lerp(step_mean, previous, self.cfg.baseline_decay))
+        self.step_reward.zero_()

@@ -6,7 +6,8 @@ all the experts, the global batch routed as one micro-batch per shard, their
 gradients added up (the reference); and expert-parallel, each process with
 its shard of the batch and of the experts. Every step, outputs, losses,
 routing statistics and gradients of this process's part must match the
-reference's, and the bytes the exchange measured must be what
+reference's, so must the state routers move without gradients (DeepSeek's
+bias, k-means' centroids) once the step finishes, and the bytes the exchange measured must be what
 metrics/communication.py computes from the routing. Prints
 ``rank R: ROUTER ok`` per router; any mismatch raises, and the process fails.
 """
@@ -26,19 +27,21 @@ from torch.testing import assert_close  # noqa: E402
 
 from moebench.config import ModelConfig, MoEConfig  # noqa: E402
 from moebench.distributed import (batch_shard, gather_from_ranks, grad_norm, init_from_env,  # noqa: E402
-                                  local_shards, mean_over_ranks, sync_gradients, total_params)
+                                  local_shards, mean_over_ranks, sum_over_ranks, sync_gradients,
+                                  total_params)
 from moebench.metrics.communication import exchange_metrics  # noqa: E402
 from moebench.moe.experts import Experts  # noqa: E402
 from moebench.moe.expert_parallel import ExchangeMeter, ExpertParallelExperts, shard_experts  # noqa: E402
 from moebench.routers import ROUTERS  # noqa: E402
-from moebench.routers.base import DataStats, RouterContext  # noqa: E402
+from moebench.routers.base import DataStats, Router, RouterContext  # noqa: E402
 from moebench.tasks import Batch  # noqa: E402
 
 B, L, D, F, E, VOCAB = 4, 4, 8, 16, 4, 16  # 4 sequences of 4 tokens; 2 per process
 STEPS, LR = 3, 0.1
 # Randomness drawn per process would differ from one process's draws, so
 # top-2 takes its second expert deterministically.
-ROUTER_OPTIONS = {"top2": {"second_policy": "all"}}
+ROUTER_OPTIONS = {"top2": {"second_policy": "all"},
+                  "deepseek_moe": {"num_shared": 0}}  # 4 E = 16 routed experts, none shared
 
 
 class Toy(nn.Module):
@@ -59,7 +62,17 @@ def build(router: str) -> Toy:
     model_cfg = ModelConfig(name="toy", d_model=D, d_ff=F, block_size=L)
     moe_cfg = MoEConfig(num_experts=E, capacity_factor=1.0)  # top-1 drops at 1.0
     torch.manual_seed(0)
-    return Toy(entry.cls.build_layer(router_cfg, model_cfg, moe_cfg, DataStats(vocab_size=VOCAB)))
+    toy = Toy(entry.cls.build_layer(router_cfg, model_cfg, moe_cfg, DataStats(vocab_size=VOCAB)))
+    if router == "kmeans":  # centroids drawn here, not from tokens: the reference draws its own
+        toy.block.router.initialized.fill_(True)
+    return toy
+
+
+def finish_step(model: nn.Module, sum_over_ranks) -> None:
+    """What train.train_step does once a step's shards have gone backward."""
+    for module in model.modules():
+        if isinstance(module, Router):
+            module.finish_step(sum_over_ranks)
 
 
 def random_batch(generator: torch.Generator) -> Batch:
@@ -72,7 +85,7 @@ def rows_per_expert(router: str, stats) -> torch.Tensor:
     """Rows each expert processed for one shard: kept assignments, or Soft MoE's slots."""
     if router == "soft":
         return torch.full((E,), stats.expert_rows // E)
-    return stats.kept_E.long()
+    return stats.kept_E.long()  # deepseek_moe: its 4 E finer experts
 
 
 def check_router(router: str, rank: int, P: int) -> None:
@@ -110,11 +123,11 @@ def check_router(router: str, rank: int, P: int) -> None:
             assert_close(value, stats_ref.aux_losses[key], msg=f"{key}: {where}")
 
         ref_params = dict(reference.named_parameters())
-        local = slice(rank * E // P, (rank + 1) * E // P)
         for name, param in model.named_parameters():
             want = ref_params[name].grad
-            if name.startswith("block.experts."):
-                want = want[local]
+            if ".experts." in name:  # this process's experts: a contiguous share
+                local = want.shape[0] // P
+                want = want[rank * local:(rank + 1) * local]
             assert_close(param.grad, want, rtol=1e-5, atol=1e-7, msg=f"gradient of {name}: {where}")
         total = nn.utils.get_total_norm([p.grad for p in reference.parameters() if p.grad is not None])
         assert_close(grad_norm(model), total, msg=f"gradient norm: {where}")
@@ -122,14 +135,21 @@ def check_router(router: str, rank: int, P: int) -> None:
         # Measured against computed: every row that leaves its process goes out
         # and comes back, in the forward (dispatch, combine) and the backward
         # (their gradients); the split sizes add P - 1 rows of E / P counts.
-        counts_bytes = (P - 1) * (E // P) * 8
+        rows_PE = [rows_per_expert(router, s) for _, _, s in expected]
+        experts = rows_PE[0].numel()
+        counts_bytes = (P - 1) * (experts // P) * 8
         assert backward_bytes == forward_bytes - counts_bytes, where
         measured = sum(f["rows"] for f in gather_from_ranks({"rows": forward_bytes - counts_bytes}))
-        rows_PE = [rows_per_expert(router, s) for _, _, s in expected]
         row_token_R = torch.cat([torch.full((int(r.sum()),), p * B * L // P) for p, r in enumerate(rows_PE)])
-        row_expert_R = torch.cat([torch.repeat_interleave(torch.arange(E), r) for r in rows_PE])
-        computed = exchange_metrics(row_token_R, row_expert_R, B * L, E, P, row_bytes=D * 4)
+        row_expert_R = torch.cat([torch.repeat_interleave(torch.arange(experts), r) for r in rows_PE])
+        computed = exchange_metrics(row_token_R, row_expert_R, B * L, experts, P, row_bytes=D * 4)
         assert measured == computed["comm_bytes_per_token"] * B * L, where
+
+        finish_step(reference, lambda t: t)
+        finish_step(model, sum_over_ranks)
+        ref_buffers = dict(reference.named_buffers())
+        for name, buffer in model.named_buffers():  # replicated state, moved by the whole batch
+            assert_close(buffer, ref_buffers[name], msg=f"buffer {name}: {where}")
 
         with torch.no_grad():
             for net in (reference, model):

@@ -18,7 +18,7 @@ from moebench.moe.expert_parallel import ExchangeMeter, by_local_expert
 from moebench.tasks import Batch
 
 WORKER = Path(__file__).with_name("ep_worker.py")
-ROUTERS = ("top1", "top2", "expert_choice", "hash", "soft")
+ROUTERS = ("top1", "top2", "expert_choice", "hash", "soft", "deepseek_moe", "kmeans")
 TIMEOUT_S = 60  # about 20 s on a busy 2-core machine
 
 

@@ -1,11 +1,15 @@
 """``torchrun --nproc_per_node=2 -m moebench moe.expert_parallel=2`` (gloo) trains
 as ``python -m moebench moe.expert_parallel=2`` on one process: the same losses
 over 20 steps, the same evaluation, routing and communication figures.
+k-means is the router with state moved without gradients: its centroids
+start at rank 0's picks and move by every process's tokens (Router.finish_step).
 
 Both sweep the routers side by side (tests/distributed/conftest.py). Top-2 is
 left to tests/distributed/test_expert_parallel.py: its default second expert
 is a random draw, and random draws are each process's own (a second sweep
-with ``router.second_policy=all`` would double the test's time).
+with ``router.second_policy=all`` would double the test's time), and so is
+DeepSeekMoE's bias: its 31 routed experts need ``router.num_shared=0`` to
+shard over 2 processes, a key the other routers lack.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import pytest
 SETTINGS = ["task=synthetic", "model=tiny", "trainer.max_steps=20", "trainer.batch_tokens=256",
             "trainer.eval_batches=1", "trainer.eval_every=1000", "trainer.num_threads=1",
             "trainer.quiet=true", "task.oracle_baseline=false", "moe.expert_parallel=2"]
-ROUTERS = ["expert_choice", "hash", "soft", "top1"]
+ROUTERS = ["expert_choice", "hash", "kmeans", "soft", "top1"]
 TIMEOUT_S = 90  # about 45 s on a busy 2-core machine
 # Measured where the run runs: time, and what only a sharded run has.
 NOT_COMPARED = {"train_time_s", "train_tokens_per_s", "expert_parallel"}

@@ -81,16 +81,21 @@ def test_bias_update_moves_a_skewed_load_to_uniform():
     assert bias_E[0] < 0 < bias_E[-1]  # the favourite pushed down, the least liked pulled up
 
 
-def test_layer_updates_the_bias_once_per_training_step_and_reports_it():
+def test_the_bias_moves_once_per_training_step_by_its_whole_load_and_is_reported():
     torch.manual_seed(0)
     layer = build(MoEConfig(num_experts=4), granularity=2, num_shared=1, bias_rate=0.1)
     router = layer.routed.router
     x = torch.randn(64, 16)
     _, stats = layer.eval()(x, RouterContext())
+    router.finish_step(lambda t: t)
     assert torch.all(router.bias_E == 0)  # evaluation leaves the bias alone
-    _, stats = layer.train()(x, RouterContext())
-    load_E = stats.routed_E.float()
+    # One step of two micro-batches: the step's whole load moves the bias, once, as it finishes.
+    loads = [layer.train()(half, RouterContext())[1].routed_E.float() for half in x.chunk(2)]
+    assert torch.all(router.bias_E == 0)
+    router.finish_step(lambda t: t)
+    load_E = loads[0] + loads[1]
     torch.testing.assert_close(router.bias_E, 0.1 * torch.sign(load_E.mean() - load_E))
+    _, stats = layer.eval()(x, RouterContext())
     torch.testing.assert_close(stats.diagnostics["balance_bias"], router.bias_E)
 
 

@@ -28,7 +28,7 @@ def test_ema_moves_each_centroid_toward_its_tokens_mean():
     centroids = F.normalize(torch.randn(3, 8, generator=g), dim=-1)
     x = torch.randn(30, 8, generator=g)
     expert = torch.arange(30) % 2  # centroid 2 gets no token
-    moved = ema_centroids(centroids, x, expert, decay=0.9)
+    moved = ema_centroids(centroids, *unit_sums(x, expert, 3), decay=0.9)
     for e in (0, 1):
         mean = F.normalize(x[expert == e], dim=-1).mean(0)
         torch.testing.assert_close(moved[e], F.normalize(0.9 * centroids[e] + 0.1 * mean, dim=0))
@@ -36,18 +36,51 @@ def test_ema_moves_each_centroid_toward_its_tokens_mean():
     assert torch.equal(moved[2], centroids[2])
 
 
-def test_training_forward_starts_at_tokens_then_applies_the_ema_step():
+def unit_sums(x: torch.Tensor, expert: torch.Tensor, E: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each centroid's unit tokens summed, and their number."""
+    sums = torch.zeros(E, x.shape[1]).index_add_(0, expert, F.normalize(x, dim=-1))
+    return sums, torch.bincount(expert, minlength=E).float()
+
+
+def alone(t: torch.Tensor) -> torch.Tensor:
+    return t  # sum_over_ranks on one process
+
+
+def test_training_forward_starts_at_tokens_and_the_step_applies_the_ema():
     torch.manual_seed(0)
     router = make_router(E=4, ema_decay=0.5).train()
     x = torch.randn(16, 8)
     router(x, RouterContext())
     assert bool(router.initialized)
+    router.finish_step(alone)
     before = router.centroids_ED.clone()
     expert = router(x, RouterContext()).routing.expert_idx_A
     assert torch.equal(expert, nearest_centroid(x, before, router.bias_E))
-    torch.testing.assert_close(router.centroids_ED, ema_centroids(before, x, expert, 0.5))
+    assert torch.equal(router.centroids_ED, before)  # not before the step finishes
+    router.finish_step(alone)
+    torch.testing.assert_close(router.centroids_ED, ema_centroids(before, *unit_sums(x, expert, 4), 0.5))
+    moved = router.centroids_ED.clone()
     router.eval()(x, RouterContext())
-    torch.testing.assert_close(router.centroids_ED, ema_centroids(before, x, expert, 0.5))
+    router.finish_step(alone)  # evaluation gathers nothing
+    assert torch.equal(router.centroids_ED, moved)
+
+
+def test_a_step_of_micro_batches_moves_the_centroids_as_one_batch():
+    """Micro-batches (or expert-parallel processes) add their tokens up:
+    one EMA step by the whole batch's means."""
+    torch.manual_seed(0)
+    whole, parts = make_router(E=4, ema_decay=0.5, balanced=True), make_router(E=4, ema_decay=0.5, balanced=True)
+    x = torch.randn(32, 8)
+    for router in (whole, parts):
+        router.centroids_ED.copy_(F.normalize(x[:4], dim=-1))
+        router.initialized.fill_(True)
+    whole(x, RouterContext())
+    parts(x[:16], RouterContext())
+    parts(x[16:], RouterContext())
+    whole.finish_step(alone)
+    parts.finish_step(alone)
+    torch.testing.assert_close(parts.centroids_ED, whole.centroids_ED)
+    assert torch.equal(parts.bias_E, whole.bias_E) and bool(whole.bias_E.abs().sum() > 0)
 
 
 def test_no_gradient_flows_through_the_choice():
@@ -88,6 +121,7 @@ def test_balanced_bias_evens_the_load_of_a_skewed_stream():
         router.initialized.fill_(True)
         for _ in range(300):
             router(batch(), RouterContext())
+            router.finish_step(alone)
         router.eval()
         load = sum(torch.bincount(router(batch(), RouterContext()).routing.expert_idx_A, minlength=E)
                    for _ in range(10)).float()

@@ -74,14 +74,15 @@ def test_moving_average_baseline_is_a_buffer_updated_by_the_hook():
     assert "reward_mean" in dict(router.named_buffers())
     assert "reward_mean" not in dict(router.named_parameters())  # the optimizer does not own it
 
-    def step(step: int, rewards: list[float]) -> None:
-        out = router(torch.eye(4)[[0, 0]], RouterContext(step=step))
-        out.on_token_loss(-torch.tensor(rewards), ALL_2)
+    def step(*calls: list[float]) -> None:
+        for rewards in calls:  # the hook's calls in one step (micro-batches)
+            out = router(torch.eye(4)[[0, 0]], RouterContext())
+            out.on_token_loss(-torch.tensor(rewards), ALL_2)
+        router.finish_step(lambda t: t)
 
-    step(0, [1.0, 3.0])
-    step(1, [4.0, 4.0])  # step 0 is over: the average starts at its mean
-    assert float(router.reward_mean) == 2.0
-    step(2, [0.0, 0.0])
+    step([1.0, 3.0])
+    assert float(router.reward_mean) == 2.0  # the average starts at step 0's mean
+    step([4.0, 4.0], [6.0, 2.0])  # one step of two micro-batches: a mean reward of 4
     assert float(router.reward_mean) == 3.0  # 0.5 * 2 + 0.5 * 4
 
 
@@ -95,13 +96,15 @@ def test_moving_average_baseline_moves_once_per_step_under_position_groups():
                      dropless=True, drop_policy="position", routing_groups="position").train()
     counted_T = torch.ones(B * L, dtype=torch.bool)
 
-    def step(step: int, reward_BL: torch.Tensor) -> dict[str, torch.Tensor]:
-        _, stats = block(torch.randn(B * L, D), RouterContext(step=step, batch_shape=(B, L)))
-        return stats.on_token_loss(-reward_BL.reshape(-1), counted_T)
+    def step(reward_BL: torch.Tensor) -> dict[str, torch.Tensor]:
+        _, stats = block(torch.randn(B * L, D), RouterContext(batch_shape=(B, L)))
+        losses = stats.on_token_loss(-reward_BL.reshape(-1), counted_T)
+        router.finish_step(lambda t: t)
+        return losses
 
-    step(0, torch.tensor([[1.0, 2.0, 3.0, 4.0]] * B))  # a mean reward of 2.5 over the step
+    step(torch.tensor([[1.0, 2.0, 3.0, 4.0]] * B))  # a mean reward of 2.5 over the step
     # Step 1 meets a baseline of 2.5 in every group: rewards of 2.5 have no advantage.
-    losses = step(1, torch.full((B, L), 2.5))
+    losses = step(torch.full((B, L), 2.5))
     assert float(router.reward_mean) == 2.5
     assert losses["policy_gradient"].item() == 0.0
 
