@@ -54,6 +54,8 @@ from moebench.reporting.specialization import (
     ExpertSection, expert_sections, html_blocks, markdown_lines, stability_figures,
 )
 from moebench.results import Results, load_results
+from moebench.routers import ROUTERS
+from moebench.routers.base import Router
 from moebench.tasks.data import default_data
 
 TITLE = "moebench leaderboard"
@@ -76,8 +78,8 @@ COMMUNICATION_RULE = (
     "'remote rows': the share of rows whose expert is on another process; 'max/mean rank load': the "
     "rows of the busiest process's experts over the mean per process (1 = even, P = all on one): that "
     f"process finishes last and sets the step's time. {NOT_RECORDED}: the setup's records were made "
-    "before moebench measured communication; blank: nothing to exchange (the dense baselines, PEER) or "
-    "not a run (count models, oracle routing). A table none of whose runs measured communication "
+    "before moebench measured communication; blank: nothing to exchange (the dense baselines, PEER, "
+    "muMoE) or not a run (count models, oracle routing). A table none of whose runs measured communication "
     "leaves the three columns out.")
 
 
@@ -95,6 +97,19 @@ COMM_COLUMNS = {"all-to-all bytes/token": ("comm_bytes_per_token", _three_digits
                 "max/mean rank load": ("comm_rank_load_max_over_mean", _three_digits)}
 
 
+def sends_rows(router: str) -> bool:
+    """Whether the router's records measure communication (routers/base.py,
+    ``Router.sends_rows``): not the dense baselines, PEER, muMoE, nor the
+    count-model and oracle-routing rows; a router this moebench does not
+    know may."""
+    if router in (COUNT_MODEL, ORACLE):
+        return False
+    if router not in ROUTERS.names():
+        return True
+    cls = ROUTERS.get(router).cls
+    return issubclass(cls, Router) and cls.sends_rows
+
+
 def display_table(summary: pd.DataFrame) -> pd.DataFrame:
     """One task's summary and reference rows as the strings the Markdown and
     HTML tables show. Ranks: a number, ``ref`` (reference rows), ``leaky``,
@@ -102,8 +117,9 @@ def display_table(summary: pd.DataFrame) -> pd.DataFrame:
     columns are left out where no row has them."""
     metric = summary["quality_metric"].iloc[0]
     counted = summary["router"] == COUNT_MODEL  # exact numbers: no seeds, no interval
-    # Setups whose every record predates the communication metrics (and moe.comm_ranks).
-    predates = summary["comm_ranks"].isna() & ~summary["router"].isin([COUNT_MODEL, ORACLE])
+    # Setups whose every record predates the communication metrics (and
+    # moe.comm_ranks), of a router that has rows to exchange.
+    predates = summary["comm_ranks"].isna() & summary["router"].map(sends_rows)
 
     def communication(column: str, shown: Callable[[float], str]) -> list[str]:
         return [NOT_RECORDED if old and pd.isna(value) else shown(value)

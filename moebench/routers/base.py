@@ -176,6 +176,10 @@ class Router(nn.Module):
     # a fixed rule (hash, oracle) or by state moved without gradients
     # (k-means' centroids): nothing there for freeze to fix.
     learns_routing: bool = True
+    # Whether the layer sends tokens' rows to experts, which expert parallelism
+    # would exchange between processes (metrics/communication.py); False for
+    # the dense baselines. (PEER's and muMoE's layers have no Router at all.)
+    sends_rows: bool = True
 
     def __init__(self, cfg: RouterConfig, d_model: int, num_experts: int, data: DataStats) -> None:
         super().__init__()

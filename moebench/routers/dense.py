@@ -41,6 +41,7 @@ class DenseRouter(Router):
     """Never instantiated: its layer is a plain FFN, not an MoE block."""
 
     learns_routing = False  # no router: router.freeze has nothing to fix
+    sends_rows = False  # no experts: nothing to exchange
 
     @classmethod
     def build_layer(cls, router_cfg: DenseConfig, model_cfg: ModelConfig, moe_cfg: MoEConfig,

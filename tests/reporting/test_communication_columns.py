@@ -71,7 +71,8 @@ def test_mixed_records_show_what_was_measured_and_say_what_was_not(results_dir, 
         make_record("top1", seed=1, quality=0.81),                      # one seed before them
         dense(make_record, 0, {})))
     assert table.loc["hash", HEADERS].tolist() == [NOT_RECORDED] * 3
-    assert table.loc["dense (active)", HEADERS].tolist() == [NOT_RECORDED] * 3  # not measured either
+    # Old or new, a dense record has nothing to exchange: blank, not '—'.
+    assert table.loc["dense (active)", HEADERS].tolist() == ["", "", ""]
     assert table.loc["top1", HEADERS].tolist() == ["1k", "87.5%", "1.2"]  # the one seed that has them
     assert table.loc["top1", "seeds"] == "2"
     assert communication_notes(runs) == [
