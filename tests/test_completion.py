@@ -32,7 +32,7 @@ def query(line: str) -> list[str]:
 
 
 def test_completes_a_group_option():
-    assert query("moebench router=t") == ["router=top1", "router=top2", "router=top_p"]
+    assert query("moebench router=t") == ["router=top1", "router=top1_frozen", "router=top2", "router=top_p"]
 
 
 def test_completes_a_group_name():
@@ -53,5 +53,5 @@ def test_installed_hook_completes_in_bash():
     proc = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     offered, registration = proc.stdout.splitlines()
-    assert offered.split() == ["router=top1", "router=top2", "router=top_p"]
+    assert offered.split() == ["router=top1", "router=top1_frozen", "router=top2", "router=top_p"]
     assert registration.endswith("-F hydra_bash_completion moebench")

@@ -110,7 +110,7 @@ def test_an_experiments_sweep_is_expanded_and_the_command_line_overrides_it(chec
 
 def test_sweep_functions_expand_as_hydra_does(capsys, checked_runs):
     app.preflight(["-m", "router=glob(top*)", "seed=range(0,3)"])
-    assert [run[0] for run in checked_runs[::3]] == ["router=top1", "router=top2", "router=top_p"]
+    assert [run[0] for run in checked_runs[::3]] == ["router=top1", "router=top1_frozen", "router=top2", "router=top_p"]
     assert [run[1] for run in checked_runs[:3]] == ["seed=0", "seed=1", "seed=2"]
     line = preflight_error(capsys, "-m", "router=glob(nope*)")
     assert "router='glob(nope*)'" in line and "top1" in line
