@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -206,6 +207,14 @@ def grads_finite(model: nn.Module) -> bool:
     return bool(torch.isfinite(torch.stack(norms)).all()) if norms else True
 
 
+def finish_router_steps(model: nn.Module, sum_over_ranks: Callable[[Tensor], Tensor]) -> None:
+    """Every router's :meth:`~moebench.routers.base.Router.finish_step`, once
+    a step's shards have gone backward."""
+    for module in model.modules():
+        if isinstance(module, Router):
+            module.finish_step(sum_over_ranks)
+
+
 def train_step(model: nn.Module, task: Task, batch: Batch, step: int, optimizer: torch.optim.Optimizer,
                t: TrainerConfig, autocast: torch.autocast,
                expert_parallel: int = 1) -> tuple[Tensor, list[list[LayerStats | None]]] | None:
@@ -231,9 +240,7 @@ def train_step(model: nn.Module, task: Task, batch: Batch, step: int, optimizer:
         (loss / len(shards)).backward()
         losses.append(torch.stack([loss.detach(), task_loss.detach()]))
         shard_stats.append(layer_stats)
-    for module in model.modules():  # router state moves once per step, from every shard
-        if isinstance(module, Router):
-            module.finish_step(sum_over_ranks)
+    finish_router_steps(model, sum_over_ranks)  # router state moves once per step, from every shard
     loss, task_loss = mean_over_ranks(torch.stack(losses).mean(0))
     if dist.is_initialized():
         sync_gradients(model)

@@ -33,8 +33,9 @@ from moebench.metrics.communication import exchange_metrics  # noqa: E402
 from moebench.moe.experts import Experts  # noqa: E402
 from moebench.moe.expert_parallel import ExchangeMeter, ExpertParallelExperts, shard_experts  # noqa: E402
 from moebench.routers import ROUTERS  # noqa: E402
-from moebench.routers.base import DataStats, Router, RouterContext  # noqa: E402
+from moebench.routers.base import DataStats, RouterContext  # noqa: E402
 from moebench.tasks import Batch  # noqa: E402
+from moebench.train import finish_router_steps  # noqa: E402
 
 B, L, D, F, E, VOCAB = 4, 4, 8, 16, 4, 16  # 4 sequences of 4 tokens; 2 per process
 STEPS, LR = 3, 0.1
@@ -67,12 +68,6 @@ def build(router: str) -> Toy:
         toy.block.router.initialized.fill_(True)
     return toy
 
-
-def finish_step(model: nn.Module, sum_over_ranks) -> None:
-    """What train.train_step does once a step's shards have gone backward."""
-    for module in model.modules():
-        if isinstance(module, Router):
-            module.finish_step(sum_over_ranks)
 
 
 def random_batch(generator: torch.Generator) -> Batch:
@@ -145,8 +140,8 @@ def check_router(router: str, rank: int, P: int) -> None:
         computed = exchange_metrics(row_token_R, row_expert_R, B * L, experts, P, row_bytes=D * 4)
         assert measured == computed["comm_bytes_per_token"] * B * L, where
 
-        finish_step(reference, lambda t: t)
-        finish_step(model, sum_over_ranks)
+        finish_router_steps(reference, lambda t: t)
+        finish_router_steps(model, sum_over_ranks)
         ref_buffers = dict(reference.named_buffers())
         for name, buffer in model.named_buffers():  # replicated state, moved by the whole batch
             assert_close(buffer, ref_buffers[name], msg=f"buffer {name}: {where}")
