@@ -13,7 +13,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from moebench.commands.app import expand_sweeps, parse_checked
-from moebench.compose import hydra_context
+from moebench.compose import hydra_context, load_config
 from moebench.config import RunConfig
 from moebench.metrics.flops import ffn_flops
 from moebench.models.ffn import FFNFactory
@@ -41,7 +41,7 @@ def sweep(*overrides: str) -> list[dict[str, str]]:
 
 
 def test_the_two_commands_run_every_router_at_every_E_and_dense_once_per_task_and_seed():
-    runs = [(r["+cpu_task"], r["router"], int(r["moe.num_experts"]), r["seed"])
+    runs = [(r["+experts_task"], r["router"], int(r["moe.num_experts"]), r["seed"])
             for r in sweep() + sweep(*DENSE)]
     expected = {(t, r, E, s) for t in TASKS for r in ROUTERS for E in EXPERTS for s in SEEDS}
     expected |= {(t, "dense", 1, s) for t in TASKS for s in SEEDS}
@@ -58,13 +58,26 @@ def configs() -> dict[tuple[str, str, int], RunConfig]:
     with hydra_context():
         for task in TASKS:
             for router, experts in [*((r, EXPERTS) for r in ROUTERS), ("dense", (1,))]:
-                composed = compose("config", [EXPERIMENT, f"+cpu_task={task}", f"router={router}"])
+                composed = compose("config", [EXPERIMENT, f"+experts_task={task}", f"router={router}"])
                 for E in experts:
                     run = copy.deepcopy(composed)
                     run.moe.num_experts = E
                     out[task, router, E] = OmegaConf.to_object(run)
                     validate(out[task, router, E])
     return out
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_each_task_trains_at_its_leaderboard_budget_without_the_oracle_baseline(configs, task):
+    leaderboard = load_config("+experiment=leaderboard", f"+cpu_task={task}")
+    for (t, router, E), cfg in configs.items():
+        if t == task:
+            assert cfg.trainer.max_train_flops == leaderboard.trainer.max_train_flops, (router, E)
+            # The oracle sends cluster c to expert c % E: one expert per cluster only at
+            # E = 8. Beside every run it would double the cost and, at E = 64, drop most tokens.
+            assert not getattr(cfg.task, "oracle_baseline", False), (router, E)
+    if task == "synthetic":
+        assert leaderboard.task.oracle_baseline  # the leaderboard keeps its reference row
 
 
 def undropped(k: int) -> LayerStats:
