@@ -41,10 +41,9 @@ TITLE = "Quality against the number of experts"
 INTRO = ("Quality against the number of experts E at fixed active FLOPs per token (Clark et al. "
          "2022, \"Unified Scaling Laws for Routed Language Models\", Figure 1): whatever E, a token "
          "passes through expert FFNs of the same total width, and E = 1 is the dense FFN of that "
-         "width; the gate alone grows with E (2 d_model FLOPs per routed expert and layer). Each "
-         "point trains at its task's budget in training FLOPs, so where a router's training-only "
-         "work grows with E (BASE's auction) it trains fewer steps: experts.csv lists each point's "
-         "FLOPs per token and training steps. E is moe.num_experts. "
+         "width; the gate alone grows with E (2 d_model FLOPs per routed expert and layer). The "
+         "sweep trains every point of a task on the same tokens; experts.csv lists each point's "
+         "training FLOPs per token and steps. E is moe.num_experts. "
          "Cells: mean ± Student-t 95% confidence interval over seeds (n/a: one seed). Only "
          "completed runs count.")
 
