@@ -16,12 +16,12 @@ from omegaconf import OmegaConf
 from moebench.commands.app import expand_sweeps, parse_checked
 from moebench.compose import hydra_context, load_config
 from moebench.config import RunConfig
-from moebench.tasks import TASKS as TASK_REGISTRY
-from moebench.train import budget_steps, training_forward_flops
 from moebench.metrics.flops import ffn_flops
 from moebench.models.ffn import FFNFactory
 from moebench.moe.block import LayerStats, MoEBlock
 from moebench.routers.base import DataStats
+from moebench.tasks import TASKS as TASK_REGISTRY
+from moebench.train import budget_steps, training_forward_flops
 from moebench.validation import validate
 
 EXPERIMENT = "+experiment=experts"
