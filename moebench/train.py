@@ -139,6 +139,13 @@ def training_forward_flops(model: nn.Module, task: Task, batch_size: int) -> flo
     return sum(forward_flops(model, out.layer_stats, task.tokens_per_example, training=True).values())
 
 
+def steps_for_budget(model: nn.Module, task: Task, t: TrainerConfig, batch_size: int) -> int:
+    """The steps that ``t``'s budget (``max_tokens`` or ``max_train_flops``)
+    buys ``model`` on ``task`` in batches of ``batch_size`` examples."""
+    return budget_steps(t, batch_size * task.tokens_per_example,
+                        training_forward_flops(model, task, batch_size))
+
+
 def budget_steps(cfg: TrainerConfig, tokens_per_step: int, forward_flops_per_token: float) -> int:
     """Steps that fit the budget. Training FLOPs are taken as 3x the forward
     FLOPs of a training step (forward + backward for activations and weights;
@@ -308,8 +315,7 @@ def train(cfg: RunConfig, task: Task, router_cfg: RouterConfig | None = None, in
                         tracker or NoTracker())
     try:
         if t.max_tokens is not None or t.max_train_flops is not None:
-            step_flops = training_forward_flops(model, task, batch_size)
-            t = replace(t, max_steps=budget_steps(t, tokens_per_step, step_flops))
+            t = replace(t, max_steps=steps_for_budget(model, task, t, batch_size))
             loss_curve = LossCurve(t.max_steps)  # buckets sized for the steps the budget buys
         evaluate_at = eval_steps(t)
         progress.plan(t, evaluate_at)

@@ -21,7 +21,7 @@ from moebench.models.ffn import FFNFactory
 from moebench.moe.block import LayerStats, MoEBlock
 from moebench.routers.base import DataStats
 from moebench.tasks import TASKS as TASK_REGISTRY
-from moebench.train import budget_steps, training_forward_flops
+from moebench.train import steps_for_budget
 from moebench.validation import validate
 
 EXPERIMENT = "+experiment=experts"
@@ -82,9 +82,7 @@ def dense_tokens_at_budget(cfg: RunConfig) -> int:
     model = task.build_model(leaderboard.model, FFNFactory(leaderboard.router, leaderboard.model,
                                                            leaderboard.moe, task.data_stats()))
     batch = leaderboard.trainer.batch_tokens // task.tokens_per_example
-    tokens_per_step = batch * task.tokens_per_example
-    flops = training_forward_flops(model, task, batch)
-    return budget_steps(leaderboard.trainer, tokens_per_step, flops) * tokens_per_step
+    return steps_for_budget(model, task, leaderboard.trainer, batch) * batch * task.tokens_per_example
 
 
 @pytest.mark.parametrize("task", TASKS)

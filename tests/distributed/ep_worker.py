@@ -69,7 +69,6 @@ def build(router: str) -> Toy:
     return toy
 
 
-
 def random_batch(generator: torch.Generator) -> Batch:
     return Batch(inputs=torch.randn(B, L, D, generator=generator),
                  targets=torch.randn(B, L, D, generator=generator),
