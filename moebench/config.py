@@ -69,7 +69,7 @@ class TrainerConfig:
     grad_clip: float = 1.0
     eval_every: int = 100
     # Evaluate at this many evenly spaced steps, the last at the final step
-    # (train.eval_steps), whatever the budget's step count; null: every
+    # (schedule.evaluations_due), whatever the budget's step count; null: every
     # eval_every steps. When set, it wins over eval_every.
     eval_points: Optional[int] = None
     eval_batches: int = 8

@@ -8,8 +8,8 @@ with status "interrupted" and keeps everything measured so far.
 
 from __future__ import annotations
 
+import itertools
 import logging
-import math
 import os
 import time
 from collections.abc import Callable
@@ -23,19 +23,19 @@ from moebench.config import RunConfig, TrainerConfig
 from moebench.distributed import (gather_from_ranks, grad_norm, local_shards, mean_over_ranks, rank,
                                   sum_over_ranks, sync_gradients, total_params)
 from moebench.errors import ConfigError
-from moebench.evaluate import EVAL_SEED, batch_context, evaluate
+from moebench.evaluate import batch_context, evaluate
 from moebench.interrupt import held_signals, signal_name
 from moebench.metrics.causality import task_causal_leak
 from moebench.metrics.expert_tokens import mean_agreement
 from moebench.metrics.flops import TrainFlops, cost_metrics, forward_flops, param_count
 from moebench.metrics.loss_curve import LossCurve
-from moebench.metrics.probe import probing
 from moebench.metrics.routing import RoutingAccumulator
 from moebench.models.ffn import FFNFactory
 from moebench.moe.block import LayerStats, MoEBlock
 from moebench.moe.expert_parallel import ExchangeMeter, shard_experts
 from moebench.optim import LazyAdam, Optimizers
 from moebench.routers.base import Router, RouterConfig
+from moebench.schedule import Horizon, evaluations_due, learning_rate, steps_for_budget
 from moebench.tasks import Batch, Task
 from moebench.tracking.base import NoTracker, Tracker
 from moebench.tracking.progress import MAIN_PHASE, Progress
@@ -96,15 +96,6 @@ def make_optimizer(model: nn.Module, cfg: TrainerConfig) -> torch.optim.Optimize
     return Optimizers(adamw, LazyAdam(sparse, lr=cfg.lr, betas=(0.9, 0.95))) if sparse else adamw
 
 
-def learning_rate(step: int, cfg: TrainerConfig) -> float:
-    """Linear warmup, then cosine decay to ``lr * min_lr_ratio``."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
-    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
-
-
 def step_loss(model: nn.Module, task: Task, batch: Batch,
               step: int) -> tuple[Tensor, Tensor, dict, list[LayerStats | None]]:
     """Forward one batch: (total loss, task loss, aux losses by name, the FFN
@@ -124,54 +115,9 @@ def step_loss(model: nn.Module, task: Task, batch: Batch,
     return total, task_loss, aux, out.layer_stats
 
 
-def training_forward_flops(model: nn.Module, task: Task, batch_size: int) -> float:
-    """Forward FLOPs per token of one training-mode forward on a training
-    batch, routed as training routes (top-2's random second expert, the
-    training capacity, RL's sampling, BASE's auction), but with no gradient,
-    no update, and the model's buffers and the random state left as they
-    were (metrics/probe.py): the budget counts training compute, and a
-    budgeted run trains exactly as one given its number of steps."""
-    device = next(model.parameters()).device
-    batch = task.get_batch("train", batch_size, torch.Generator().manual_seed(EVAL_SEED)).to(device)
-    with probing(model, training=True, device=device):
-        out = model(batch.inputs, batch_context(batch, step=0))
-        task.token_losses(out, batch)  # an adaptive head computes (and counts) its work here
-    return sum(forward_flops(model, out.layer_stats, task.tokens_per_example, training=True).values())
-
-
-def steps_for_budget(model: nn.Module, task: Task, t: TrainerConfig, batch_size: int) -> int:
-    """The steps that ``t``'s budget (``max_tokens`` or ``max_train_flops``)
-    buys ``model`` on ``task`` in batches of ``batch_size`` examples."""
-    return budget_steps(t, batch_size * task.tokens_per_example,
-                        training_forward_flops(model, task, batch_size))
-
-
-def budget_steps(cfg: TrainerConfig, tokens_per_step: int, forward_flops_per_token: float) -> int:
-    """Steps that fit the budget. Training FLOPs are taken as 3x the forward
-    FLOPs of a training step (forward + backward for activations and weights;
-    Kaplan et al. 2020, section 2.1), with the experts counted as executed."""
-    if cfg.max_tokens is not None:
-        return max(1, round(cfg.max_tokens / tokens_per_step))
-    if cfg.max_train_flops is not None:
-        return max(1, round(cfg.max_train_flops / (3 * forward_flops_per_token * tokens_per_step)))
-    return cfg.max_steps
-
-
-def eval_steps(t: TrainerConfig) -> set[int]:
-    """The steps (counted from 1) after which training stops to evaluate, the
-    final step left out: train() always evaluates at the end. With
-    ``eval_points``, that many points evenly spaced over ``max_steps`` (once
-    a budget has set it), the last at the end, so runs of any budget give
-    curves of as many points; it wins over ``eval_every``. A run of fewer
-    steps than points evaluates after every step."""
-    if t.eval_points is None:
-        return set(range(t.eval_every, t.max_steps, t.eval_every))
-    return {-(-i * t.max_steps // t.eval_points) for i in range(1, t.eval_points)} - {t.max_steps}
-
-
 def train_flops_spent(train_flops: TrainFlops, tokens: int) -> float | None:
     """Training FLOPs spent on ``tokens``, counted as ``trainer.max_train_flops``
-    counts them (3x the forward FLOPs, :func:`budget_steps`), the forward as
+    counts them (3x the forward FLOPs, moebench.schedule.budget_steps), the forward as
     executed by the steps taken so far (``train_flops_per_token``); None
     before the first step."""
     per_token = train_flops.summary()["train_flops_per_token"]
@@ -303,7 +249,7 @@ def train(cfg: RunConfig, task: Task, router_cfg: RouterConfig | None = None, in
     t = cfg.trainer
     curves: list[dict] = []
     previous_modal = None  # the last evaluation's modal experts, for expert_agreement
-    status, interrupted_by, skipped, step, steps_done = "completed", None, 0, 0, 0
+    status, interrupted_by, skipped, step = "completed", None, 0, 0
     train_routing = RoutingAccumulator()
     train_flops = TrainFlops()
     window = RoutingAccumulator()
@@ -313,17 +259,22 @@ def train(cfg: RunConfig, task: Task, router_cfg: RouterConfig | None = None, in
     # Under torchrun rank 0 alone reports progress.
     progress = Progress(phase, replace(t, quiet=t.quiet or rank() > 0), task.quality_metric,
                         tracker or NoTracker())
+    horizon = None  # a budget in training FLOPs: the step count, re-estimated as it is spent
+    evaluated = 0  # evaluations before the final one, so far
     try:
         if t.max_tokens is not None or t.max_train_flops is not None:
             t = replace(t, max_steps=steps_for_budget(model, task, t, batch_size))
             loss_curve = LossCurve(t.max_steps)  # buckets sized for the steps the budget buys
-        evaluate_at = eval_steps(t)
-        progress.plan(t, evaluate_at)
+        if t.max_tokens is None and t.max_train_flops is not None:
+            horizon = Horizon(t.max_train_flops, tokens_per_step, t.max_steps)
+        progress.plan(t)
         optimizer = make_optimizer(model, t)
         autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.dtype == "bfloat16")
         generator = torch.Generator().manual_seed(cfg.seed)
         max_skipped = t.max_skipped_share * t.max_steps
-        for step in range(t.max_steps):
+        for step in itertools.count():
+            if step == t.max_steps:
+                break
             started = time.perf_counter()
             batch = task.get_batch("train", batch_size, generator).to(device)
             if meter is not None:
@@ -339,16 +290,26 @@ def train(cfg: RunConfig, task: Task, router_cfg: RouterConfig | None = None, in
                     log.warning("step %d: %d steps skipped for NaN/Inf, over the %.0f%% allowed",
                                 step, skipped, 100 * t.max_skipped_share)
                     break
+                if horizon is not None:
+                    t = replace(t, max_steps=horizon.step(None))
+                    progress.plan(t)
                 continue
             task_loss, shard_stats = done
+            step_flops = 0.0  # forward FLOPs per token, summed over this process's shards
             for layer_stats in shard_stats:
-                train_flops.add(forward_flops(model, layer_stats, task.tokens_per_example, training=True))
+                flops = forward_flops(model, layer_stats, task.tokens_per_example, training=True)
+                train_flops.add(flops)
+                step_flops += sum(flops.values())
                 moe_stats = [s for s in layer_stats if s is not None]
                 train_routing.add(moe_stats)
                 window.add(moe_stats)
             train_time += time.perf_counter() - started
             tokens_seen += batch.inputs.shape[0] * task.tokens_per_example
             loss_curve.add(step + 1, task_loss, tokens_seen)
+            if horizon is not None:  # every process counts every shard's FLOPs, so all stop together
+                shards_flops = sum_over_ranks(torch.tensor(step_flops, dtype=torch.float64))
+                t = replace(t, max_steps=horizon.step(float(shards_flops) / cfg.moe.expert_parallel))
+                progress.plan(t)
 
             if train_flops.steps == 1:  # the first step has measured what a step executes
                 progress.start((router_cfg or cfg.router).name, cfg.task.name,
@@ -359,18 +320,17 @@ def train(cfg: RunConfig, task: Task, router_cfg: RouterConfig | None = None, in
                 progress.step(step + 1, task_loss.item(), learning_rate(step, t), window.summary(),
                               tokens_seen, train_time)
                 window = RoutingAccumulator()
-            if step + 1 in evaluate_at:
+            if evaluations_due(step + 1, t) > evaluated:
+                evaluated = evaluations_due(step + 1, t)
                 evaluation, seconds = timed_evaluate(model, task, cfg, batch_size)
                 progress.evaluation(step + 1, evaluation, seconds)
                 curves.append(curve_point(step + 1, task_loss.item(), evaluation, tokens_seen,
                                           train_flops_spent(train_flops, tokens_seen), previous_modal))
                 previous_modal = evaluation.pop("modal_experts")
-        steps_done = t.max_steps
     except KeyboardInterrupt as stop:
         status, interrupted_by = "interrupted", signal_name(stop)
         log.warning("%s at step %d; evaluating what was trained so far", interrupted_by, step)
-    if status != "completed":
-        steps_done = step
+    steps_done = step
     if meter is not None:  # each process trained on its own shard: add them up
         train_routing.sum_over_ranks()
         train_flops, *others = gather_from_ranks(train_flops)

@@ -21,7 +21,7 @@ from moebench.models.ffn import FFNFactory
 from moebench.moe.block import LayerStats, MoEBlock
 from moebench.routers.base import DataStats
 from moebench.tasks import TASKS as TASK_REGISTRY
-from moebench.train import steps_for_budget
+from moebench.schedule import steps_for_budget
 from moebench.validation import validate
 
 EXPERIMENT = "+experiment=experts"

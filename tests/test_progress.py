@@ -77,10 +77,10 @@ class Recorder:
 
 def test_eta_is_the_steps_left_at_the_recent_pace_plus_the_evaluations_left(caplog):
     caplog.set_level(logging.INFO)
-    t = TrainerConfig(max_steps=100, log_every_s=0.0)
+    t = TrainerConfig(max_steps=100, eval_every=50, log_every_s=0.0)
     tracker = Recorder()
     progress = Progress("oracle", t, "accuracy", tracker)
-    progress.plan(t, {50})
+    progress.plan(t)
     progress.start("oracle", "synthetic", 1e5, 1_000_000, 2e5, 1024, torch.device("cpu"))
     progress.step(10, 2.0, 1e-3, {"drop_rate": 0.25, "load_cv": 0.5}, 10240, train_time=10.0)
     # 1 s a step so far; then 2 s a step over the last 10 steps, evaluations of 3 s.

@@ -53,7 +53,7 @@ def test_same_seed_same_metrics(make_config):
 
 
 def test_budget_in_tokens_or_flops_sets_the_steps(make_config):
-    from moebench.train import budget_steps
+    from moebench.schedule import budget_steps
 
     cfg = make_config("trainer.max_tokens=20480").trainer
     assert budget_steps(cfg, tokens_per_step=2048, forward_flops_per_token=1e6) == 10

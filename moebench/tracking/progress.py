@@ -22,6 +22,7 @@ import time
 import torch
 
 from moebench.config import TrainerConfig
+from moebench.schedule import evaluations_due
 from moebench.tracking.base import Tracker
 
 log = logging.getLogger(__name__)
@@ -60,14 +61,14 @@ class Progress:
     def __init__(self, phase: str, trainer: TrainerConfig, quality_metric: str, tracker: Tracker) -> None:
         self.phase, self.t, self.quality_metric, self.tracker = phase, trainer, quality_metric, tracker
         self.prefix = "" if phase == MAIN_PHASE else f"{phase}/"
-        self.evaluate_at: set[int] = set()
         self.last_report, self.last_step, self.last_train_time = time.perf_counter(), 0, 0.0
         self.eval_seconds = 0.0  # the last evaluation's, for the ETA
 
-    def plan(self, trainer: TrainerConfig, evaluate_at: set[int]) -> None:
+    def plan(self, trainer: TrainerConfig) -> None:
         """The phase's step count (a budget in tokens or FLOPs turned into
-        steps) and the steps after which it evaluates before its final evaluation."""
-        self.t, self.evaluate_at = trainer, evaluate_at
+        steps, re-estimated as a FLOPs budget is spent: moebench.schedule.Horizon),
+        which also places its evaluations (moebench.schedule.evaluations_due)."""
+        self.t = trainer
 
     def start(self, router: str, task: str, active_params: float, total_params: int,
               train_flops_per_token: float, tokens_per_step: int, device: torch.device) -> None:
@@ -94,7 +95,7 @@ class Progress:
         """The step line after ``step``; ``routing`` summarizes the steps since
         the last one, ``train_time`` the seconds spent training so far."""
         seconds_per_step = (train_time - self.last_train_time) / max(1, step - self.last_step)
-        evaluations_left = sum(s > step for s in self.evaluate_at) + 1  # the final one too
+        evaluations_left = evaluations_due(self.t.max_steps, self.t) - evaluations_due(step, self.t) + 1
         eta = (self.t.max_steps - step) * seconds_per_step + evaluations_left * self.eval_seconds
         tokens_per_s = tokens_seen / max(train_time, 1e-9)
         self.last_report, self.last_step, self.last_train_time = time.perf_counter(), step, train_time
