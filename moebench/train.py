@@ -265,9 +265,9 @@ def train(cfg: RunConfig, task: Task, router_cfg: RouterConfig | None = None, in
         if t.max_tokens is not None or t.max_train_flops is not None:
             t = replace(t, max_steps=steps_for_budget(model, task, t, batch_size))
             loss_curve = LossCurve(t.max_steps)  # buckets sized for the steps the budget buys
-        if t.max_tokens is None and t.max_train_flops is not None:
+        if t.max_train_flops is not None:
             horizon = Horizon(t.max_train_flops, tokens_per_step, t.max_steps)
-        progress.plan(t)
+        progress.plan(t.max_steps)
         optimizer = make_optimizer(model, t)
         autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.dtype == "bfloat16")
         generator = torch.Generator().manual_seed(cfg.seed)
@@ -292,7 +292,7 @@ def train(cfg: RunConfig, task: Task, router_cfg: RouterConfig | None = None, in
                     break
                 if horizon is not None:
                     t = replace(t, max_steps=horizon.step(None))
-                    progress.plan(t)
+                    progress.plan(t.max_steps)
                 continue
             task_loss, shard_stats = done
             step_flops = 0.0  # forward FLOPs per token, summed over this process's shards
@@ -309,7 +309,7 @@ def train(cfg: RunConfig, task: Task, router_cfg: RouterConfig | None = None, in
             if horizon is not None:  # every process counts every shard's FLOPs, so all stop together
                 shards_flops = sum_over_ranks(torch.tensor(step_flops, dtype=torch.float64))
                 t = replace(t, max_steps=horizon.step(float(shards_flops) / cfg.moe.expert_parallel))
-                progress.plan(t)
+                progress.plan(t.max_steps)
 
             if train_flops.steps == 1:  # the first step has measured what a step executes
                 progress.start((router_cfg or cfg.router).name, cfg.task.name,

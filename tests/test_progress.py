@@ -47,6 +47,16 @@ def test_quiet_keeps_the_start_up_lines_only(make_config, caplog):
     assert [line.split(":")[0] for line in lines] == ["train", "oracle"]
 
 
+def test_a_quiet_phase_stays_quiet_as_its_steps_are_planned(caplog):
+    # Under torchrun every rank but 0 is made quiet; a budget's step count, set
+    # and re-estimated during training, must not undo it.
+    caplog.set_level(logging.INFO)
+    progress = Progress("train", TrainerConfig(quiet=True, log_every_s=0.0), "accuracy", Recorder())
+    progress.plan(50)
+    progress.step(10, 2.0, 1e-3, {}, 10240, train_time=1.0)
+    assert lines_of(caplog) == [] and progress.t.max_steps == 50
+
+
 def test_a_budget_in_tokens_shows_the_steps_it_buys(make_config, caplog):
     caplog.set_level(logging.INFO)
     cfg = make_config(*SHORT, "task.oracle_baseline=false", "trainer.max_tokens=2560")
@@ -80,7 +90,7 @@ def test_eta_is_the_steps_left_at_the_recent_pace_plus_the_evaluations_left(capl
     t = TrainerConfig(max_steps=100, eval_every=50, log_every_s=0.0)
     tracker = Recorder()
     progress = Progress("oracle", t, "accuracy", tracker)
-    progress.plan(t)
+    progress.plan(100)
     progress.start("oracle", "synthetic", 1e5, 1_000_000, 2e5, 1024, torch.device("cpu"))
     progress.step(10, 2.0, 1e-3, {"drop_rate": 0.25, "load_cv": 0.5}, 10240, train_time=10.0)
     # 1 s a step so far; then 2 s a step over the last 10 steps, evaluations of 3 s.

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 
 import torch
 
@@ -64,11 +65,11 @@ class Progress:
         self.last_report, self.last_step, self.last_train_time = time.perf_counter(), 0, 0.0
         self.eval_seconds = 0.0  # the last evaluation's, for the ETA
 
-    def plan(self, trainer: TrainerConfig) -> None:
+    def plan(self, max_steps: int) -> None:
         """The phase's step count (a budget in tokens or FLOPs turned into
         steps, re-estimated as a FLOPs budget is spent: moebench.schedule.Horizon),
         which also places its evaluations (moebench.schedule.evaluations_due)."""
-        self.t = trainer
+        self.t = replace(self.t, max_steps=max_steps)
 
     def start(self, router: str, task: str, active_params: float, total_params: int,
               train_flops_per_token: float, tokens_per_step: int, device: torch.device) -> None:
