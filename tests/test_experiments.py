@@ -27,9 +27,11 @@ def test_every_swept_value_composes(experiment):
 
 def test_the_leaderboard_sweeps_every_router_and_standard_task_over_three_seeds():
     params = sweep_params("leaderboard")
-    # enwik8's file is the user's to supply; the oracle is the synthetic task's reference.
-    # Each task comes with its budget (conf/cpu_task/), one per task.
-    assert set(params["+cpu_task"]) == set(group_options("task")) - {"enwik8"} == set(group_options("cpu_task"))
+    # enwik8's file is the user's to supply; Tiny Shakespeare is left out so that the
+    # tier fits a working day (leaderboard.yaml); the oracle is the synthetic task's
+    # reference. Each task comes with its budget (conf/cpu_task/), one per task.
+    assert set(params["+cpu_task"]) == set(group_options("task")) - {"enwik8", "shakespeare_char"}
+    assert set(params["+cpu_task"]) < set(group_options("cpu_task"))
     for task in params["+cpu_task"]:
         cfg = load_config("+experiment=leaderboard", f"+cpu_task={task}")
         assert cfg.task.name == task and cfg.trainer.max_train_flops > 0 and cfg.moe.routing_groups == "auto"
