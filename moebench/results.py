@@ -304,6 +304,14 @@ def _commit(env: dict) -> dict[str, object]:
             "env.git_dirty": dirty if isinstance(dirty, bool) else None}
 
 
+def _budget_spent(record: dict) -> float:
+    """The training FLOPs a run spent (its last evaluation's ``train_flops``)
+    over its ``trainer.max_train_flops``; NaN without a budget in FLOPs."""
+    budget = record["config"].get("trainer", {}).get("max_train_flops")
+    spent = record["curves"][-1].get("train_flops") if record["curves"] else None
+    return spent / budget if budget and spent is not None else math.nan
+
+
 def _quality(metrics: dict) -> float:
     """The quality, NaN where missing (a diverged or interrupted run's)."""
     quality = metrics.get("quality")
@@ -325,6 +333,7 @@ def load_results(root: str | Path) -> Results:
         runs.append({**ids, "router": r["router"], "variant": variant(r), "status": r["status"],
                      "path": path, **_commit(r["env"]), "quality_metric": m["quality_metric"],
                      "higher_is_better": m["higher_is_better"], **_scalars(m), "quality": _quality(m),
+                     "budget_spent": _budget_spent(r),
                      **{f"config.{k}": v for k, v in flatten(r["config"]).items()
                         if not isinstance(v, (list, dict))}})
         curves += [{**ids, **_scalars(point), "step": point["step"]} for point in r["curves"]]

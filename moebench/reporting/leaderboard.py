@@ -139,6 +139,7 @@ def display_table(summary: pd.DataFrame) -> pd.DataFrame:
            if summary[column].notna().any()},
         "FLOPs/token": summary["flops_per_token"].map(si),
         "active params": summary["active_params"].map(si),
+        "FLOPs spent / budget": summary["budget_spent"].map(_percent),
         "tokens/s": summary["train_tokens_per_s"].map(_three_digits),
     })
 
@@ -187,7 +188,11 @@ def general_notes(skipped: tuple[tuple[str, str], ...]) -> list[str]:
              f"causal_leak exceeded {LEAK_TOLERANCE:g}, so a position saw later tokens of its "
              "sequence and the quality is not a fair language-modelling number. Other columns "
              "are means over seeds; drop rate, load and communication are measured in evaluation, "
-             "tokens/s in training.", COMMUNICATION_RULE]
+             "tokens/s in training. FLOPs spent / budget: the training FLOPs a run spent (3x the "
+             "forward FLOPs as executed, summed over its steps) over its task's trainer.max_train_flops, "
+             "which a run spends to within half a step (moebench/schedule.py); records made before "
+             "that fixed their steps from an estimate at initialization and may differ more.",
+             COMMUNICATION_RULE]
     notes += [f"Skipped {path}: {reason}." for path, reason in skipped]
     return notes
 

@@ -37,7 +37,7 @@ COMM_METRICS = ("comm_bytes_per_token", "comm_remote_share", "comm_rank_load_max
 COMM_RANKS = "config.moe.comm_ranks"
 # Metrics averaged over seeds beside the quality, in the order reports show them.
 SUMMARY_METRICS = ("drop_rate", "load_cv", "load_max_over_mean", *COMM_METRICS, "flops_per_token",
-                   "active_params", "train_tokens_per_s")
+                   "active_params", "budget_spent", "train_tokens_per_s")
 
 
 def mean_ci(values: pd.Series, confidence: float = 0.95) -> tuple[float, float]:

@@ -109,6 +109,22 @@ def test_the_oracle_quality_is_a_reference_row_of_its_task(results_dir, make_rec
     assert "| 3 | 0.920 ± 0.050 |" in lines[-1]
 
 
+def test_each_row_shows_the_training_flops_it_spent_over_the_budget(results_dir, make_record,
+                                                                    add_learning_curves, tmp_path):
+    # with_learning_curves: 3 x flops_per_token (1 + seed/100) x 60 steps x 512 tokens by the end
+    spent = [3 * 1000.0 * (1 + seed / 100) * 60 * 512 for seed in range(3)]
+    budgeted = {"trainer": {"max_train_flops": sum(spent) / 3 / 1.02}}  # the mean spends 102%
+    records = [add_learning_curves(make_record("top1", seed=seed, config=budgeted)) for seed in range(3)]
+    records += [add_learning_curves(make_record("top2", seed=seed)) for seed in range(3)]  # max_steps
+    build(results_dir(*records), tmp_path / "reports")
+    md = (tmp_path / "reports" / "leaderboard.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| rank |")).split(" | ")
+    column = header.index("FLOPs spent / budget")
+    cells = {line.split(" | ")[1]: line.split(" | ")[column] for line in md.splitlines()
+             if line.startswith("| ") and line.split(" | ")[1] in ("top1", "top2")}
+    assert cells == {"top1": "102.0%", "top2": ""}
+
+
 @pytest.mark.parametrize("task", ["../../escaped", "ABSOLUTE", "a/b"])
 def test_a_task_name_cannot_place_files_outside_the_reports(results_dir, make_record, tmp_path, task):
     root = results_dir(make_record())
