@@ -320,8 +320,9 @@ def train(cfg: RunConfig, task: Task, router_cfg: RouterConfig | None = None, in
                 progress.step(step + 1, task_loss.item(), learning_rate(step, t), window.summary(),
                               tokens_seen, train_time)
                 window = RoutingAccumulator()
-            if evaluations_due(step + 1, t) > evaluated:
-                evaluated = evaluations_due(step + 1, t)
+            due = evaluations_due(step + 1, t)
+            if due > evaluated:
+                evaluated = due
                 evaluation, seconds = timed_evaluate(model, task, cfg, batch_size)
                 progress.evaluation(step + 1, evaluation, seconds)
                 curves.append(curve_point(step + 1, task_loss.item(), evaluation, tokens_seen,

@@ -58,6 +58,14 @@ def test_a_run_records_its_evaluation_points_and_its_loss_at_every_step(make_con
     assert all(math.isfinite(loss) for loss in by_step.values())
 
 
+def estimate_before_training(cfg, task) -> int:
+    """The steps train() estimates for ``cfg``'s budget before its first step,
+    on the model it builds (the same seed)."""
+    torch.manual_seed(cfg.seed)
+    model = task.build_model(cfg.model, FFNFactory(cfg.router, cfg.model, cfg.moe, task.data_stats()))
+    return steps_for_budget(model, task, cfg.trainer, cfg.trainer.batch_tokens // task.tokens_per_example)
+
+
 def test_a_flops_budget_is_spent_and_its_evaluations_spread_over_it(make_config):
     # top1 on the synthetic task drops fewer tokens as its gate balances, so its
     # steps cost more than the estimate before training: the run takes fewer steps
@@ -66,9 +74,7 @@ def test_a_flops_budget_is_spent_and_its_evaluations_spread_over_it(make_config)
     budget = 4e9
     cfg = make_config(*SHORT, "router=top1", f"trainer.max_train_flops={budget}", "trainer.eval_points=10")
     task = SyntheticTask(cfg.task, cfg.data, cfg.seed)
-    torch.manual_seed(cfg.seed)  # the model train() builds, for its estimate before training
-    model = task.build_model(cfg.model, FFNFactory(cfg.router, cfg.model, cfg.moe, task.data_stats()))
-    estimate = steps_for_budget(model, task, cfg.trainer, 256 // task.tokens_per_example)
+    estimate = estimate_before_training(cfg, task)
     result = train(cfg, task)
     steps = result.metrics["steps"]
     spent = 3 * result.metrics["train_flops_per_token"] * steps * 256
@@ -84,9 +90,7 @@ def test_a_flops_budget_is_spent_and_its_evaluations_spread_over_it(make_config)
 def test_a_router_of_constant_cost_takes_the_steps_estimated_before_training(make_config):
     cfg = make_config(*SHORT, "router=hash", "trainer.max_train_flops=4e9", "trainer.eval_points=10")
     task = SyntheticTask(cfg.task, cfg.data, cfg.seed)
-    torch.manual_seed(cfg.seed)
-    model = task.build_model(cfg.model, FFNFactory(cfg.router, cfg.model, cfg.moe, task.data_stats()))
-    estimate = steps_for_budget(model, task, cfg.trainer, 256 // task.tokens_per_example)
+    estimate = estimate_before_training(cfg, task)
     result = train(cfg, task)
     assert result.metrics["steps"] == estimate
     assert [p["step"] for p in result.curves] == [math.ceil(i * estimate / 10) for i in range(1, 11)]
