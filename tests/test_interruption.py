@@ -41,7 +41,11 @@ def send_at(monkeypatch):
         plan[(split, n)] = signum
         return drawn
 
-    return send
+    # Ctrl-C as a terminal delivers it, to Python's KeyboardInterrupt handler: a
+    # shell that starts the tests in the background leaves SIGINT ignored.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield send
+    signal.signal(signal.SIGINT, previous)
 
 
 def read(path: Path) -> dict:
