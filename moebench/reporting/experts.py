@@ -6,7 +6,8 @@ From the records of the expert-count sweep (conf/experiment/experts.yaml),
 E being each record's ``moe.num_experts``:
 
 * ``experts.md``: per task, a table of routers (rows) by E (columns), each
-  cell the quality's mean and Student-t 95% confidence interval over seeds;
+  cell the quality's mean and Student-t 95% confidence interval over seeds,
+  under the commits the records came from (provenance.py);
 * ``experts.csv``: the same numbers unformatted, with the FLOPs per token
   and the steps the training budget allowed;
 * ``experts.svg``: a panel per task, quality against E on a log2 axis, a
@@ -28,6 +29,7 @@ from matplotlib.ticker import NullLocator
 
 from moebench.errors import ConfigError
 from moebench.reporting.figures import palette, quality_label
+from moebench.reporting.provenance import provenance_line
 from moebench.reporting.ranking import REFERENCE_ROUTERS, SUMMARY_METRICS, summarize
 from moebench.reporting.render import figure_svg, markdown_table, mean_and_interval
 
@@ -129,7 +131,7 @@ def experts_figure(summary: pd.DataFrame) -> Figure:
 
 
 def markdown(summary: pd.DataFrame, runs: pd.DataFrame) -> str:
-    lines = [f"# {TITLE}", "", INTRO, ""]
+    lines = [f"# {TITLE}", "", INTRO, "", provenance_line(runs), ""]
     for task in sorted(runs["task"].unique()):
         rows = summary[summary["task"] == task]
         lines += [f"## {task}", ""]

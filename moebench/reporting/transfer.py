@@ -12,8 +12,8 @@ pretrain on one task, fine-tune on another), per router:
   pretraining but not after fine-tuning fine-tunes worse than it pretrains,
   as the surveys report of sparse models.
 
-``transfer.md`` holds the table, a verdict line per router and a count of
-the verdicts; ``transfer.csv`` the same numbers unformatted. Only completed
+``transfer.md`` holds the commits the records came from (provenance.py), the
+table, a verdict line per router and a count of the verdicts; ``transfer.csv`` the same numbers unformatted. Only completed
 runs count; the others are named. Seeds of different configs never pool: two
 setups of one task with the same router are refused. Written by
 ``moebench-report --transfer`` (moebench/commands/report.py).
@@ -27,6 +27,7 @@ import pandas as pd
 
 from moebench.errors import ConfigError
 from moebench.reporting.paired import BETTER, NO_DIFFERENCE, WORSE, difference_text, paired_difference, verdict
+from moebench.reporting.provenance import provenance_line
 from moebench.reporting.ranking import REFERENCE_ROUTERS, mean_ci, summarize
 from moebench.reporting.references import DENSE_ACTIVE
 from moebench.reporting.render import markdown_table, mean_and_interval
@@ -165,7 +166,7 @@ def left_out(runs: pd.DataFrame) -> list[str]:
 
 
 def markdown(summary: pd.DataFrame, runs: pd.DataFrame) -> str:
-    lines = [f"# {TITLE}", ""]
+    lines = [f"# {TITLE}", "", provenance_line(runs), ""]
     for task in sorted(runs["task"].unique()):
         rows = summary[summary["task"] == task]
         lines += [f"## {task}", ""]

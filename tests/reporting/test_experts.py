@@ -125,3 +125,17 @@ def test_two_configs_of_one_router_and_E_are_refused(sweep, make_record, tmp_pat
     assert exit_info.value.code == 2
     assert "synthetic: top1, top1 (trainer.max_train_flops=2000000000000.0)" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_report_names_the_commits_its_records_came_from(sweep, tmp_path):
+    """The E = 1 runs come from a second command, here from a later commit."""
+    def from_commit(made: dict) -> dict:
+        sha = "b" * 40 if made["router"] == "dense" else "a" * 40
+        return {**made, "env": {**made["env"], "git_sha": sha, "git_dirty": made["seed"] == 2 and sha[0] == "b"}}
+
+    out = tmp_path / "reports"
+    main(["--experts", "--results", str(folder(tmp_path / "results", [from_commit(r) for r in sweep])),
+          "--out", str(out)])
+    routed = len(TASKS) * len(JITTER) * len(ROUTERS) * len(EXPERTS)
+    assert (f"Records: {routed + 6} (commit aaaaaaa: {routed}, commit bbbbbbb: 6); "
+            "2 with uncommitted changes (git_dirty).") in (out / "experts.md").read_text()

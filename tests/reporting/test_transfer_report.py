@@ -85,6 +85,7 @@ def test_report_command_writes_the_table_verdicts_and_left_out_runs(make_record,
     assert "- top1: after fine-tuning, worse (+0.050 ± 0.025 bpc, 3 paired seeds); in pretraining, better" in text
     assert "Of 3 routers (the dense baselines aside), after fine-tuning: 1 worse than dense (active), 1 better" in text
     assert "Left out (not completed): hash seed 2 (diverged)." in text
+    assert f"Records: {len(records)} (no commit recorded: {len(records)}); 0 with uncommitted changes" in text
     csv = pd.read_csv(out / "transfer.csv")
     assert set(csv["variant"]) == {"dense (active)", "dense_total", "top1", "top2", "hash"}
 
