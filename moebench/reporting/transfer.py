@@ -13,9 +13,10 @@ pretrain on one task, fine-tune on another), per router:
   as the surveys report of sparse models.
 
 ``transfer.md`` holds the commits the records came from (provenance.py), the
-table, a verdict line per router and a count of the verdicts; ``transfer.csv`` the same numbers unformatted. Only completed
-runs count; the others are named. Seeds of different configs never pool: two
-setups of one task with the same router are refused. Written by
+table, a verdict line per router and a count of the verdicts; ``transfer.csv``
+the same numbers unformatted. Only completed runs count; the others are named.
+Seeds of different configs never pool: two setups of one task with the same
+router are refused. Written by
 ``moebench-report --transfer`` (moebench/commands/report.py).
 """
 
