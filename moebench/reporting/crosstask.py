@@ -3,7 +3,9 @@
 The mean normalized rank summarizes a benchmark of many tasks as MTEB and
 HELM do (HELM's mean win rate is one minus it, ties aside). Per task, the
 ranked setups (the leaderboard's ranked rows: no reference rows, no leaky
-ones, no table the guard left unranked) are ordered by mean quality over
+ones, no table the guard left unranked; with them the setups the guard
+found below the count models in a ranked table, which leaving out would
+flatter) are ordered by mean quality over
 seeds (ties share the average rank) and the rank is scaled to [0, 1],
 (rank - 1) / (n - 1) among the task's n ranked setups: 0 best, 1 worst. A
 router's score is the mean of that over the tasks where it is ranked; a
@@ -41,7 +43,8 @@ CROSS_TASK_COLUMNS = ["setup", "tasks", "mean_normalized_rank", "rank_low", "ran
 CROSS_TASK_RULE = ("Mean normalized rank (as MTEB and HELM summarize): per task, the ranked routers "
                    "ordered by mean quality (ties share the average rank), the rank scaled to [0, 1] "
                    "(0 best, 1 worst), averaged over the tasks where the router is ranked; reference "
-                   "and leaky rows and tables not past the count models are left out. Interval: 2.5th "
+                   "and leaky rows and tables not past the count models are left out (a router below the "
+                   "count models in a ranked table enters by its mean). Interval: 2.5th "
                    f"to 97.5th percentile of {BOOTSTRAP_REPLICATES} bootstrap replicates over seeds (each "
                    "task's seeds resampled with replacement, the same draw for all its routers, then "
                    "re-ranked). Tasks better than dense (active): those where the router's paired 95% "
@@ -66,13 +69,13 @@ def cross_task_summary(runs: pd.DataFrame, summary: pd.DataFrame, paired: pd.Dat
     ranks_by_task, left_out = {}, []
     for task, table in summary.groupby("task", sort=True):
         compared = table[~table["reference"].astype(bool)]
-        ranked = compared[compared["rank"].notna()]
-        if len(ranked) < 2:
-            unranked = not compared.empty and ranked.empty  # the guard's mark
+        entered = compared[compared["rank"].notna() | compared["below_count_models"].astype(bool)]
+        if len(entered) < 2:
+            unranked = not compared.empty and entered.empty  # the guard's mark
             left_out.append((task, "not past the count models" if unranked
                              else "fewer than two ranked routers"))
             continue
-        setups = sorted(ranked["setup"])
+        setups = sorted(entered["setup"])
         quality_sr = (per_seed[per_seed["task"] == task]
                       .pivot(index="setup", columns="seed", values="quality").reindex(setups).to_numpy())
         means_br = weighted_means(quality_sr, seed_weights(task, quality_sr.shape[1]))

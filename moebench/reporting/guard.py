@@ -21,6 +21,14 @@ says little about routing. Where the table has no dense (active) setup or
 no count-model reference (no data files), the guard cannot be checked; the
 table says so and is ranked as before.
 
+In a table that is past them, a setup whose mean is not better than that
+same best plateau reference (no margin: it has not learned what the bigram
+table knows) is shown but not ranked (``below_count_models``): a rank among
+models that did learn more than counting would read as a place in a race
+it has not joined. It still enters the cross-task summary
+(:mod:`.crosstask`), where it takes its place by its mean: leaving the task
+out of its average would flatter the router.
+
 Why 10%. The count models are scored on the very batches the models were
 evaluated on (:mod:`.references`), so what is left between the two numbers
 is the evaluation sample's noise in the *difference* of two models. At the
@@ -61,7 +69,9 @@ GUARD_RULE = (f"A table is ranked only when its dense (active) baseline beats th
               f"its value in the table's metric (at most "
               f"{1 - MARGIN:g}x where lower is better, at least {1 + MARGIN:g}x where higher is better); "
               "otherwise it is marked 'not past the count models' and nothing in it is ranked: its "
-              "models learned about as much as counting does. The count models are scored on the "
+              "models learned about as much as counting does. In a table that is ranked, a router whose "
+              "mean is not better than that best reference is shown as 'below counts' and not ranked "
+              "(it still enters the cross-task summary by its mean). The count models are scored on the "
               f"tokens the runs were evaluated on, and {MARGIN:.0%} is above twice the evaluation "
               "sample's noise in such a comparison at the CPU tier.")
 
@@ -69,10 +79,12 @@ GUARD_RULE = (f"A table is ranked only when its dense (active) baseline beats th
 @dataclass(frozen=True)
 class Verdict:
     """Whether one table is past the count models: True, False, or None
-    (not checked), and the sentence that says so."""
+    (not checked), the sentence that says so, and the setups of a table
+    that is whose mean is not (``below``)."""
 
     passed: bool | None
     text: str
+    below: tuple[str, ...] = ()
 
 
 def verdict(summary: pd.DataFrame, references: pd.DataFrame) -> Verdict:
@@ -84,9 +96,7 @@ def verdict(summary: pd.DataFrame, references: pd.DataFrame) -> Verdict:
         return Verdict(None, f"Not checked against the count models: the table has no {missing}.")
     higher = bool(summary["higher_is_better"].iloc[0])
     metric = summary["quality_metric"].iloc[0]
-    pick = max if higher else min
-    best = counts.loc[pick(counts.index, key=lambda i: counts.at[i, "quality_mean"])]
-    baseline = dense.loc[pick(dense.index, key=lambda i: dense.at[i, "quality_mean"])]
+    best, baseline = _best(counts, higher), _best(dense, higher)
     if metric in NATS_METRICS:  # a loss: 10% in perplexity, exp(loss), is ln(0.9) nats
         threshold = best["quality_mean"] + math.log(1 - MARGIN)
     else:
@@ -97,17 +107,31 @@ def verdict(summary: pd.DataFrame, references: pd.DataFrame) -> Verdict:
     comparison = (f"{baseline['setup']} scores {exact(value)} {metric}, {'' if passed else 'not '}"
                   f"{MARGIN:.0%} better than the best of the unigram and bigram, {best['variant']}, at "
                   f"{exact(best['quality_mean'])} ({needed})")
-    if passed:
-        return Verdict(True, f"Past the count models: {comparison}.")
-    return Verdict(False, f"Not past the count models: {comparison}. Nothing in this table is ranked.")
+    if not passed:
+        return Verdict(False, f"Not past the count models: {comparison}. Nothing in this table is ranked.")
+    compared = summary[~summary["reference"].astype(bool)]
+    below = compared[compared["quality_mean"] <= best["quality_mean"] if higher
+                     else compared["quality_mean"] >= best["quality_mean"]]
+    text = f"Past the count models: {comparison}."
+    if not below.empty:
+        text += (f" Below the count models, so not ranked (not better than {best['variant']}): "
+                 + ", ".join(f"{row.setup} at {exact(row.quality_mean)}" for row in below.itertuples())
+                 + ".")
+    return Verdict(True, text, tuple(below["setup"]))
+
+
+def _best(rows: pd.DataFrame, higher_is_better: bool) -> pd.Series:
+    """The row of ``rows`` with the best ``quality_mean``."""
+    pick = max if higher_is_better else min
+    return rows.loc[pick(rows.index, key=lambda i: rows.at[i, "quality_mean"])]
 
 
 def apply_guard(summary: pd.DataFrame, references: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Verdict]]:
-    """``summary`` with no rank in the tables not past the count models, and
-    each task's verdict."""
+    """``summary`` with no rank in the tables not past the count models nor
+    for the setups below them (``below_count_models``), and each task's verdict."""
     verdicts = {task: verdict(rows, references[references["task"] == task])
                 for task, rows in summary.groupby("task", sort=True)}
     failed = summary["task"].map(lambda task: verdicts[task].passed is False).astype(bool)
-    guarded = summary.copy()
-    guarded["rank"] = guarded["rank"].mask(failed)
-    return guarded, verdicts
+    below = pd.Series([setup in verdicts[task].below for task, setup in zip(summary["task"], summary["setup"])],
+                      index=summary.index, dtype=bool)
+    return summary.assign(rank=summary["rank"].mask(failed | below), below_count_models=below), verdicts

@@ -113,7 +113,8 @@ def sends_rows(router: str) -> bool:
 def display_table(summary: pd.DataFrame) -> pd.DataFrame:
     """One task's summary and reference rows as the strings the Markdown and
     HTML tables show. Ranks: a number, ``ref`` (reference rows), ``leaky``,
-    or ``unranked`` (a table not past the count models). The communication
+    ``below counts`` (a setup not better than the count models) or
+    ``unranked`` (a table not past the count models). The communication
     columns are left out where no row has them."""
     metric = summary["quality_metric"].iloc[0]
     counted = summary["router"] == COUNT_MODEL  # exact numbers: no seeds, no interval
@@ -126,8 +127,10 @@ def display_table(summary: pd.DataFrame) -> pd.DataFrame:
                 for value, old in zip(summary[column], predates)]
 
     return pd.DataFrame({
-        "rank": [("leaky" if leaky else "ref" if reference else "unranked" if pd.isna(r) else str(r))
-                 for r, leaky, reference in zip(summary["rank"], summary["leaky"], summary["reference"])],
+        "rank": [("leaky" if leaky else "ref" if reference else "below counts" if below is True
+                  else "unranked" if pd.isna(r) else str(r))
+                 for r, leaky, reference, below in zip(summary["rank"], summary["leaky"], summary["reference"],
+                                                       summary["below_count_models"])],
         "router": summary["setup"],
         "seeds": ["" if c else str(n) for c, n in zip(counted, summary["seeds"])],
         f"{metric} (mean ± 95% CI)": [exact(m) if c else mean_and_interval(m, ci) for m, ci, c in
@@ -236,7 +239,7 @@ def paired_sections(paired: pd.DataFrame, summary: pd.DataFrame,
     sections = []
     for task, rows in paired.groupby("task", sort=True):
         of_task = summary[(summary["task"] == task) & ~summary["reference"].astype(bool)]
-        mark = None if rows["ranked"].all() else ("Not ranked (not past the count models): the differences "
+        mark = None if rows["ranked"].any() else ("Not ranked (not past the count models): the differences "
                                                   "are shown for information.")
         sections.append((task, mark, paired_table(rows, of_task["setup"].tolist()),
                          by_name.get(f"{task}-paired_differences")))

@@ -17,7 +17,8 @@ leaky (:func:`moebench.reporting.ranking.summarize`). The baselines: the
 table's dense (active) setup (the best of them by mean where there are
 several, as the guard picks), and the table's best setup (the first ranked,
 best by mean). A table the guard did not rank (not past the count models)
-keeps its differences, with ``ranked`` false on every row.
+keeps its differences, with ``ranked`` false on every row (as on the rows of a
+setup below the count models).
 """
 
 from __future__ import annotations

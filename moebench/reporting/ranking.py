@@ -12,6 +12,8 @@ unknown, and nothing is clearly better or worse than it. The dense baselines and
 reference rows, not ranked (:data:`REFERENCE_ROUTERS`); so is a leaky setup,
 one whose measured ``causal_leak`` shows that a position saw later tokens of
 its sequence (moebench/metrics/causality.py): its quality is not a fair number.
+``below_count_models`` is False here; the guard (guard.py) sets it, and
+takes the rank, where a setup is not better than counting.
 """
 
 from __future__ import annotations
@@ -66,11 +68,13 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
         rows.append({"task": task, "setup": setup, "router": first["router"],
                      "variant": first["variant"], "quality_metric": first["quality_metric"],
                      "higher_is_better": bool(first["higher_is_better"]), "leaky": leaky,
-                     "reference": first["router"] in REFERENCE_ROUTERS or leaky, "seeds": len(group),
+                     "reference": first["router"] in REFERENCE_ROUTERS or leaky, "below_count_models": False,
+                     "seeds": len(group),
                      "quality_mean": mean, "quality_ci95": ci,
                      **{m: group[m].mean() if m in group else math.nan for m in SUMMARY_METRICS},
                      "comm_ranks": group[COMM_RANKS].max() if COMM_RANKS in group else math.nan})
-    columns = ["task", "rank", "setup", "router", "variant", "reference", "leaky", "seeds", "quality_metric",
+    columns = ["task", "rank", "setup", "router", "variant", "reference", "leaky", "below_count_models", "seeds",
+               "quality_metric",
                "higher_is_better", "quality_mean", "quality_ci95", *SUMMARY_METRICS, "comm_ranks"]
     if not rows:
         return pd.DataFrame(columns=columns)

@@ -84,6 +84,24 @@ def test_a_table_past_the_count_models_is_ranked(results_dir, make_record, tmp_p
     assert trigram == ["| ref", "count model: trigram (interpolated modified Kneser-Ney)", "", "3.000"]
 
 
+def test_a_router_not_better_than_the_bigram_is_shown_not_ranked(results_dir, make_record, tmp_path,
+                                                                   fixed_references):
+    made = char_records(make_record, dense_bpc=3.2)
+    made += [make_record("rl", "shakespeare_char", seed, 3.6 + seed / 100, config=EVALUATED) for seed in range(2)]
+    md = leaderboard(results_dir(*made), tmp_path)
+    assert [row[:2] for row in rows(md, "shakespeare_char")][:4] == [
+        ["| 1", "top1"], ["| 2", "top2"], ["| below counts", "rl"], ["| ref", "dense (active)"]]
+    assert ("Below the count models, so not ranked (not better than bigram (add-0.1)): rl at 3.605."
+            in md)
+    csv = pd.read_csv(tmp_path / "reports" / "leaderboard.csv").set_index("setup")
+    assert csv.loc["rl", "below_count_models"] and pd.isna(csv.loc["rl", "rank"])
+    assert not csv.loc["top2", "below_count_models"]
+    # it still enters the cross-task summary, last by its mean
+    cross = pd.read_csv(tmp_path / "reports" / "cross_task.csv").set_index("setup")
+    assert cross.loc["rl", "mean_normalized_rank"] == 1.0
+    assert "Not ranked (not past the count models)" not in md  # its table is ranked
+
+
 @pytest.mark.parametrize("dense_accuracy, ranked", [(0.54, False), (0.56, True)])
 def test_where_higher_is_better_dense_must_reach_1_1x(results_dir, make_record, tmp_path, fixed_references,
                                                       dense_accuracy, ranked):
