@@ -79,8 +79,8 @@ GUARD_RULE = (f"A table is ranked only when its dense (active) baseline beats th
 @dataclass(frozen=True)
 class Verdict:
     """Whether one table is past the count models: True, False, or None
-    (not checked), the sentence that says so, and the setups of a table
-    that is whose mean is not (``below``)."""
+    (not checked), the sentence that says so, and, in a table that is, the
+    setups whose mean is not better than the best plateau reference (``below``)."""
 
     passed: bool | None
     text: str
