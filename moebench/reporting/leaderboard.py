@@ -127,10 +127,10 @@ def display_table(summary: pd.DataFrame) -> pd.DataFrame:
                 for value, old in zip(summary[column], predates)]
 
     return pd.DataFrame({
-        "rank": [("leaky" if leaky else "ref" if reference else "below counts" if below is True
+        "rank": [("leaky" if leaky else "ref" if reference else "below counts" if below
                   else "unranked" if pd.isna(r) else str(r))
                  for r, leaky, reference, below in zip(summary["rank"], summary["leaky"], summary["reference"],
-                                                       summary["below_count_models"])],
+                                                       summary["below_count_models"].eq(True))],
         "router": summary["setup"],
         "seeds": ["" if c else str(n) for c, n in zip(counted, summary["seeds"])],
         f"{metric} (mean ± 95% CI)": [exact(m) if c else mean_and_interval(m, ci) for m, ci, c in
